@@ -1,0 +1,1 @@
+"""Pure tensor operations (no state, no learnable parameters)."""

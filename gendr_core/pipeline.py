@@ -1,0 +1,209 @@
+"""``upscale``: the one inference entry point of gendr_core.
+
+Data flow (STYLE.md): LR -> bicubic resize to the output grid -> [tiles] -> PadCFG or the
+RandPad ensemble (each branch: pad -> pad to multiple -> model -> crop) -> stitch ->
+optional wavelet color fix against the resized input -> clamp to [0, 1].
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from .errors import ImageInputError
+from .imageio import pil_to_tensor, tensor_to_pil
+from .models.restorer import OneStepRestorer
+from .ops.color_fix import wavelet_color_fix
+from .ops.guidance import pad_cfg, rand_pad_ensemble
+from .ops.padding import Pad, check_image_tensor
+from .ops.resize import output_size, resize
+from .ops.tiling import tiled_apply
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+MIN_TILE = 128
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Tile size (0 = whole image) and the memory estimate behind it."""
+
+    tile: int
+    overlap: int
+    estimated_bytes: int
+    budget_bytes: int
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes we may use for activations: free CUDA memory, or 70 % of MemAvailable on CPU."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.9)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(int(line.split()[1]) * 1024 * 0.7)
+    except OSError:
+        pass
+    return 8 << 30
+
+
+def plan_tiles(
+    model: OneStepRestorer, h: int, w: int, batch: int, passes: int, overlap: int, budget: int | None = None
+) -> TilePlan:
+    """Whole image if the estimate fits ``budget``, else the largest aligned tile that does."""
+    m = model.pad_multiple
+    budget = available_memory(model.device) if budget is None else budget
+
+    def need(th: int, tw: int) -> int:
+        ph, pw = -(-(th + 8) // m) * m, -(-(tw + 8) // m) * m
+        return model.estimate_bytes(ph, pw, batch * passes)
+
+    full = need(h, w)
+    if full <= budget:
+        return TilePlan(0, overlap, full, budget)
+    tile = max(MIN_TILE, -(-max(h, w) // m) * m)
+    while tile > MIN_TILE and need(tile, tile) > budget:
+        tile = max(MIN_TILE, (tile // 2) // m * m or m)
+    return TilePlan(tile, overlap, need(tile, tile), budget)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    msg = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
+
+
+def restore_grid(
+    x: Tensor,
+    model: OneStepRestorer,
+    *,
+    guidance: float = 1.0,
+    positive: Tensor | None = None,
+    negative: Tensor | None = None,
+    pos_pad: tuple[int, int, int, int] | None = None,
+    neg_pad: tuple[int, int, int, int] | None = None,
+    branch_mode: str = "batched",
+    randpad: int = 0,
+    seed: int = 0,
+    tile: int | str = "auto",
+    overlap: int = 64,
+    progress: Progress | None = None,
+) -> Tensor:
+    """Restore ``x`` (B,3,H,W) in [0,1], already on the output grid; returns (B,3,H,W).
+
+    ``tile``: "auto" (whole image when the memory estimate fits, else tiles), 0/"off"
+    (never tile) or a tile size in pixels. On out-of-memory the tile is halved and the
+    image retried, down to 128 px.
+    """
+    if branch_mode not in ("batched", "sequential"):
+        raise ValueError(f"branch_mode={branch_mode!r} must be 'batched' or 'sequential'")
+    if randpad and guidance != 1.0:
+        raise ValueError(f"randpad={randpad} (Eq. 6 self-ensemble) needs guidance=1.0, got {guidance}")
+    cfg = model.config
+    cond_pos, cond_neg = model.resolve_embeddings(positive, negative)
+    pos_pad = Pad(*(pos_pad or cfg.pos_pad))
+    neg_pad = Pad(*(neg_pad or cfg.neg_pad))
+    m = model.pad_multiple
+    x = x.to(model.device)
+    passes = randpad if randpad else (1 if guidance == 1.0 or branch_mode == "batched" else 2)
+    gen = torch.Generator("cpu").manual_seed(seed)
+
+    def run(t: Tensor) -> Tensor:
+        with torch.no_grad():
+            if randpad:
+                return rand_pad_ensemble(model.predict, t, cond_pos, randpad, multiple=m, generator=gen)
+            return pad_cfg(model.predict, t, cond_pos, cond_neg, guidance, multiple=m, pos_pad=pos_pad,
+                           neg_pad=neg_pad, batched=branch_mode == "batched")
+
+    b, _, h, w = x.shape
+    if tile == "auto":
+        plan = plan_tiles(model, h, w, b, 2 if guidance != 1.0 and branch_mode == "batched" else 1, overlap)
+        size = plan.tile
+        logger.info("memory estimate %.2f GB of %.2f GB budget -> %s", plan.estimated_bytes / 1e9,
+                    plan.budget_bytes / 1e9, f"tile {size}" if size else "whole image")
+    elif tile in ("off", 0, None):
+        size = 0
+    else:
+        size = int(tile)
+        if size < m:
+            raise ValueError(f"tile={size} must be 0 (off), 'auto', or >= the model's pad multiple {m}")
+    del passes
+    while True:
+        try:
+            if not size or size >= max(h, w):
+                y = run(x)
+                if progress:
+                    progress(1, 1)
+                return y
+            return tiled_apply(run, x, size, overlap, align=m, progress=progress)
+        except Exception as exc:  # noqa: BLE001 - only OOM is handled, everything else re-raised
+            if not _is_oom(exc) or tile == "off" or tile == 0:
+                raise
+            current = size or max(h, w)
+            new = (current // 2) // m * m
+            if new < MIN_TILE:
+                raise
+            logger.warning("out of memory at tile %s; retrying with tile %d", size or "full", new)
+            if x.device.type == "cuda":
+                torch.cuda.empty_cache()
+            size = new
+
+
+def upscale(
+    image: Image.Image | Tensor,
+    model: OneStepRestorer | str | os.PathLike | None = None,
+    scale: float = 4.0,
+    guidance: float | None = None,
+    *,
+    color_fix: float = 0.0,
+    progress: Progress | None = None,
+    **kwargs,
+) -> Image.Image | Tensor:
+    """Restore and upscale ``image`` by ``scale`` (any float > 0) with one model step.
+
+    ``image``: a PIL image (RGB, RGBA, grayscale, 16-bit) or a float tensor (B,3,H,W) in
+    [0,1]; the result is of the same kind. ``model``: a loaded model, a path, or None for the
+    shipped ``gendr-pix-s``. ``guidance``: PadCFG scale w (1.0 = one pass, no CFG; default:
+    the model's ``default_guidance``). ``color_fix``: wavelet color-fix strength in [0, 1],
+    applied once after stitching. Other keywords go to :func:`restore_grid`.
+    """
+    if not isinstance(model, OneStepRestorer):
+        from .checkpoint import load_model
+
+        model = load_model(model)
+    guidance = model.config.default_guidance if guidance is None else float(guidance)
+    if isinstance(image, Image.Image):
+        x, alpha, info = pil_to_tensor(image)
+        y = _upscale_tensor(x, model, scale, guidance, color_fix, progress, kwargs)
+        if alpha is not None:
+            alpha = resize(alpha, tuple(y.shape[-2:]), "bicubic")
+        return tensor_to_pil(y, alpha, info)
+    if isinstance(image, Tensor):
+        if image.ndim == 3:
+            raise ImageInputError(f"image tensor must be (B,3,H,W), got {tuple(image.shape)}; add a batch dim")
+        return _upscale_tensor(image, model, scale, guidance, color_fix, progress, kwargs)
+    raise ImageInputError(f"image must be a PIL.Image or a torch.Tensor, got {type(image).__name__}")
+
+
+def _upscale_tensor(x, model, scale, guidance, color_fix, progress, kwargs) -> Tensor:
+    check_image_tensor(x)
+    if x.shape[1] != 3:
+        raise ImageInputError(f"image tensor must have 3 channels (B,3,H,W), got shape {tuple(x.shape)}")
+    out_device = x.device
+    x = x.float().clamp(0, 1)
+    size = output_size(x.shape[-2], x.shape[-1], scale)
+    grid = resize(x.to(model.device), size, "bicubic")  # (B,3,h,w) -> (B,3,H,W)
+    y = restore_grid(grid, model, guidance=guidance, progress=progress, **kwargs).float()
+    if color_fix > 0:
+        y = wavelet_color_fix(y, grid.float(), color_fix)
+    return y.clamp(0, 1).to(out_device)
