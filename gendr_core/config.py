@@ -11,6 +11,8 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
+import types
+import typing
 from typing import Any, TypeVar
 
 from .errors import ConfigError
@@ -31,12 +33,13 @@ def _from_dict(cls: type[T], data: dict[str, Any], where: str) -> T:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a JSON object, got {type(data).__name__}")
     names = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(cls)
     unknown = sorted(set(data) - set(names))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(names)}")
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
-        sub = _NESTED.get((cls.__name__, key))
+        sub = _nested_dataclass(hints.get(key))
         if sub is not None and value is not None:
             kwargs[key] = _from_dict(sub, value, f"{where}.{key}")
         else:
@@ -47,7 +50,20 @@ def _from_dict(cls: type[T], data: dict[str, Any], where: str) -> T:
         raise ConfigError(f"{where}: {exc}") from None
 
 
-class _JSONMixin:
+def _nested_dataclass(hint: Any) -> type | None:
+    """The dataclass inside a field's type hint (``X`` or ``X | None``), else None."""
+    if dataclasses.is_dataclass(hint):
+        return hint  # type: ignore[return-value]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(hint):
+            if dataclasses.is_dataclass(arg):
+                return arg
+    return None
+
+
+class JSONConfig:
+    """Mixin for frozen config dataclasses: JSON round trip that rejects unknown keys."""
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
 
@@ -71,7 +87,7 @@ class _JSONMixin:
 
 
 @dataclass(frozen=True)
-class UNetConfig(_JSONMixin):
+class UNetConfig(JSONConfig):
     """Keyword arguments of diffusers ``UNet2DConditionModel``; defaults are SD2.1-base."""
 
     in_channels: int = 4
@@ -134,7 +150,7 @@ class UNetConfig(_JSONMixin):
 
 
 @dataclass(frozen=True)
-class VAEConfig(_JSONMixin):
+class VAEConfig(JSONConfig):
     """Keyword arguments of diffusers ``AutoencoderKL``; defaults are the SD2.1 4-channel VAE."""
 
     block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
@@ -182,7 +198,7 @@ def _check_one_step(name: str, timestep: int, alpha: float, beta: float) -> None
 
 
 @dataclass(frozen=True)
-class GenDRPixConfig(_JSONMixin):
+class GenDRPixConfig(JSONConfig):
     """GenDR-Pix: x``shuffle_factor`` pixel-unshuffle -> UNet -> pixel-shuffle, one step.
 
     The UNet sees ``unshuffle(2*x - 1)`` (pixels mapped to [-1, 1]) at the fixed ``timestep``
@@ -222,7 +238,7 @@ class GenDRPixConfig(_JSONMixin):
 
 
 @dataclass(frozen=True)
-class GenDRConfig(_JSONMixin):
+class GenDRConfig(JSONConfig):
     """GenDR latent teacher: 16-channel f8 VAE + UNet, one step (GenDR Sec. 3.4, Fig. 4)."""
 
     unet: UNetConfig = field(default_factory=lambda: sd21_unet_config(16, 16))
@@ -262,7 +278,7 @@ def sd_alphas(timestep: int, beta_start: float = 0.00085, beta_end: float = 0.01
 
 
 @dataclass(frozen=True)
-class DFOSDConfig(_JSONMixin):
+class DFOSDConfig(JSONConfig):
     """DFOSD: SD2.1 4-channel VAE + UNet + learned text embedding, one step at ``timestep``.
 
     alpha/beta default to the SD2.1 schedule at ``timestep`` (sqrt(abar), sqrt(1-abar)).
@@ -292,13 +308,6 @@ class DFOSDConfig(_JSONMixin):
         return self.vae.downsample_factor * self.unet.downsample_factor
 
 
-_NESTED: dict[tuple[str, str], type] = {
-    ("GenDRPixConfig", "unet"): UNetConfig,
-    ("GenDRConfig", "unet"): UNetConfig,
-    ("GenDRConfig", "vae"): VAEConfig,
-    ("DFOSDConfig", "unet"): UNetConfig,
-    ("DFOSDConfig", "vae"): VAEConfig,
-}
 
 
 # ----------------------------------------------------------------------------- presets

@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gendr_core import upscale
+from gendr_core.errors import ImageInputError
+from gendr_core.models import OneStepRestorer
+from gendr_core.pipeline import plan_tiles, restore_grid
+
+
+class ConvRestorer(OneStepRestorer):
+    """A predictor with a 2-px receptive field and no global ops (for tiling tests)."""
+
+    kind = "test_conv"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.conv = torch.nn.Conv2d(3, 3, 5, padding=2, padding_mode="reflect")
+
+    def predict(self, x, cond):
+        return x + 0.1 * torch.tanh(self.conv(x))
+
+    def estimate_bytes(self, h, w, batch=1):
+        return 100 * batch * h * w
+
+
+@pytest.fixture
+def conv_model():
+    from gendr_core.config import tiny_gendr_pix_config
+
+    torch.manual_seed(0)
+    return ConvRestorer(tiny_gendr_pix_config()).eval()
+
+
+def test_upscale_tensor_shapes_and_range(tiny_pix, gen):
+    x = torch.rand(2, 3, 30, 37, generator=gen)
+    for scale, size in ((4, (120, 148)), (2.5, (75, 92)), (1, (30, 37))):
+        y = upscale(x, tiny_pix, scale=scale, guidance=1.8)
+        assert y.shape == (2, 3, *size) and y.min() >= 0 and y.max() <= 1
+
+
+def test_batched_and_sequential_branches_agree(tiny_pix, gen):
+    x = torch.rand(1, 3, 40, 40, generator=gen)
+    a = upscale(x, tiny_pix, scale=2, guidance=1.8, branch_mode="batched")
+    b = upscale(x, tiny_pix, scale=2, guidance=1.8, branch_mode="sequential")
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def test_tiled_equals_full_on_small_receptive_field_model(conv_model, gen):
+    grid = torch.rand(1, 3, 300, 260, generator=gen)
+    full = restore_grid(grid, conv_model, guidance=1.8, tile="off")
+    tiled = restore_grid(grid, conv_model, guidance=1.8, tile=128, overlap=64)
+    assert (full - tiled).abs().max() < 1e-5
+
+
+def test_auto_tiling_plans_from_memory_budget(conv_model):
+    assert plan_tiles(conv_model, 512, 512, 1, 1, 64, budget=1 << 40).tile == 0
+    plan = plan_tiles(conv_model, 2048, 2048, 1, 1, 64, budget=100 * 600 * 600)
+    assert plan.tile and plan.tile % conv_model.pad_multiple == 0 and plan.estimated_bytes <= plan.budget_bytes
+
+
+def test_oom_halves_the_tile_and_retries(conv_model, gen, caplog):
+    sizes = []
+    real = conv_model.predict
+
+    def flaky(x, cond):
+        sizes.append(x.shape[-1])
+        if x.shape[-1] > 200:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(x, cond)
+
+    conv_model.predict = flaky
+    grid = torch.rand(1, 3, 256, 256, generator=gen)
+    out = restore_grid(grid, conv_model, tile=512, overlap=32)
+    assert out.shape == grid.shape
+    # 512 (whole 256-px image, padded to 272) fails, 256 (still the whole image) fails, 128 succeeds
+    assert sizes[:2] == [272, 272] and max(sizes[2:]) <= 200
+    assert "retrying with tile 256" in caplog.text and "retrying with tile 128" in caplog.text
+    with pytest.raises(torch.OutOfMemoryError):
+        restore_grid(grid, conv_model, tile="off")
+
+
+def test_progress_reports_every_tile(conv_model, gen):
+    calls = []
+    restore_grid(torch.rand(1, 3, 256, 256, generator=gen), conv_model, tile=128, overlap=64,
+                 progress=lambda d, t: calls.append((d, t)))
+    assert calls[-1][0] == calls[-1][1] == len(calls) == 9
+
+
+def test_pil_rgba_gray_and_16bit(tiny_pix):
+    rgba = Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 24, 4), dtype=np.uint8), "RGBA")
+    out = upscale(rgba, tiny_pix, scale=2)
+    assert out.mode == "RGBA" and out.size == (48, 40)
+    gray = Image.fromarray(np.full((16, 16), 100, dtype=np.uint8), "L")
+    assert upscale(gray, tiny_pix, scale=2).mode == "L"
+    g16 = Image.fromarray(np.full((16, 16), 40000, dtype=np.uint16))
+    out16 = upscale(g16, tiny_pix, scale=2)
+    assert out16.mode in ("I;16", "I") and out16.size == (32, 32)
+
+
+def test_color_fix_applied_after_stitching(conv_model, gen):
+    x = torch.rand(1, 3, 64, 64, generator=gen)
+    y = upscale(x, conv_model, scale=2, color_fix=1.0, tile=64, overlap=32)
+    assert y.shape == (1, 3, 128, 128)
+
+
+def test_degenerate_inputs_raise_clear_errors(tiny_pix):
+    with pytest.raises(ImageInputError, match="empty"):
+        upscale(torch.zeros(1, 3, 0, 5), tiny_pix)
+    bad = torch.rand(1, 3, 8, 8)
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ImageInputError, match="NaN"):
+        upscale(bad, tiny_pix)
+    with pytest.raises(ImageInputError, match=r"\(B,3,H,W\)"):
+        upscale(torch.rand(3, 8, 8), tiny_pix)
+    with pytest.raises(ImageInputError, match="scale=0"):
+        upscale(torch.rand(1, 3, 8, 8), tiny_pix, scale=0)
+    with pytest.raises(ValueError, match="branch_mode"):
+        upscale(torch.rand(1, 3, 8, 8), tiny_pix, branch_mode="parallel")
+    with pytest.raises(ImageInputError, match="PIL.Image or a torch.Tensor"):
+        upscale("image.png", tiny_pix)
+
+
+def test_randpad_ensemble_through_pipeline(tiny_pix, gen):
+    x = torch.rand(1, 3, 32, 32, generator=gen)
+    a = upscale(x, tiny_pix, scale=2, randpad=3, seed=1)
+    b = upscale(x, tiny_pix, scale=2, randpad=3, seed=1)
+    assert torch.equal(a, b) and a.shape == (1, 3, 64, 64)
+    with pytest.raises(ValueError, match="needs guidance=1.0"):
+        upscale(x, tiny_pix, scale=2, randpad=3, guidance=2.0)

@@ -1,0 +1,1 @@
+"""Training scripts (run from a clone: ``python -m trainers.train_pixel --config ...``)."""
