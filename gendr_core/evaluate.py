@@ -1,0 +1,140 @@
+"""``gendr-pix eval``: PSNR-Y / SSIM-Y / NIQE of a model against bicubic upscaling.
+
+Protocol (fixed, documented so numbers are reproducible): each HR image is cropped to a
+multiple of the scale, degraded with :func:`gendr_core.degradation.fixed_eval_degradation`
+(Gaussian blur, bicubic down-scaling, Gaussian noise, JPEG; sampled with seed = image
+index), and restored at every requested guidance. PSNR/SSIM are on the BT.601 Y channel
+with a border crop equal to the scale (the common SR convention).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .imageio import IMAGE_SUFFIXES, load_image
+from .models.restorer import OneStepRestorer
+from .ops.resize import resize
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvalRow:
+    dataset: str
+    method: str
+    guidance: float | None
+    images: int
+    psnr_y: float
+    ssim_y: float
+    niqe: float | None
+
+
+def degraded_pairs(folder: Path, scale: int, max_images: int | None = None):
+    """Yield (name, hr, lr) with the fixed evaluation degradation."""
+    from .degradation import degrade, fixed_eval_degradation, sample_degradation
+
+    cfg = fixed_eval_degradation(scale=scale)
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no images found in {folder}")
+    for i, p in enumerate(files[:max_images] if max_images else files):
+        hr, _, _ = load_image(p)
+        hr = hr[..., : hr.shape[-2] // scale * scale, : hr.shape[-1] // scale * scale]
+        params = sample_degradation(cfg, torch.Generator().manual_seed(i), tuple(hr.shape[-2:]))
+        yield p.name, hr, degrade(hr, params)
+
+
+def evaluate(
+    model: OneStepRestorer,
+    folders: list[Path],
+    scale: int = 4,
+    guidances: tuple[float, ...] = (1.0,),
+    with_niqe: bool = True,
+    max_images: int | None = None,
+    progress=None,
+) -> list[EvalRow]:
+    """Rows for bicubic and for the model at each guidance, per folder and over all folders."""
+    from .metrics import niqe, niqe_available, psnr_y, ssim_y
+    from .pipeline import restore_grid
+
+    use_niqe = with_niqe and niqe_available()
+    if with_niqe and not use_niqe:
+        logger.warning("NIQE unavailable (pristine parameters not installed); reported as null")
+    methods = [("bicubic", None)] + [("gendr-pix", g) for g in guidances]
+    acc: dict[tuple[str, str, float | None], list[tuple[float, float, float | None]]] = {}
+    for folder in folders:
+        for name, hr, lr in degraded_pairs(folder, scale, max_images):
+            grid = resize(lr, tuple(hr.shape[-2:]), "bicubic")
+            for method, g in methods:
+                if g is None:
+                    out = grid
+                else:
+                    out = restore_grid(grid.to(model.device), model, guidance=g).float().cpu().clamp(0, 1)
+                row = (float(psnr_y(out, hr, crop_border=scale)), float(ssim_y(out, hr, crop_border=scale)),
+                       float(niqe(out)) if use_niqe else None)
+                acc.setdefault((folder.name if folder.name != "HR" else folder.parent.name, method, g), []).append(row)
+            if progress:
+                progress(name)
+    rows = []
+    groups = sorted({k[0] for k in acc}) + ["all"]
+    for ds in groups:
+        for method, g in methods:
+            vals = [v for k, vs in acc.items() if (ds == "all" or k[0] == ds) and k[1:] == (method, g) for v in vs]
+            if not vals:
+                continue
+            n = len(vals)
+            nq = [v[2] for v in vals if v[2] is not None]
+            rows.append(EvalRow(ds, method, g, n, sum(v[0] for v in vals) / n, sum(v[1] for v in vals) / n,
+                                sum(nq) / len(nq) if nq else None))
+    return rows
+
+
+def format_table(rows: list[EvalRow]) -> str:
+    lines = ["| dataset | method | guidance | images | PSNR-Y | SSIM-Y | NIQE |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r.dataset} | {r.method} | {'' if r.guidance is None else f'{r.guidance:g}'} | {r.images} | "
+                     f"{r.psnr_y:.3f} | {r.ssim_y:.4f} | {'n/a' if r.niqe is None else f'{r.niqe:.3f}'} |")
+    return "\n".join(lines)
+
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="model file or built-in name (default: gendr-pix-s)")
+    p.add_argument("--data", nargs="+", required=True, help="folders of HR images (e.g. ../shared/data/val/Set5/HR)")
+    p.add_argument("--scale", type=int, default=4, help="degradation/upscale factor (default 4)")
+    p.add_argument("--guidance", default="1.0", help="comma-separated PadCFG scales, e.g. 1,1.4,1.8,2.2")
+    p.add_argument("--no-niqe", action="store_true", help="skip NIQE")
+    p.add_argument("--max-images", type=int, default=None, help="first N images per folder")
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", default=None, help="write rows as JSON here")
+
+
+def run_eval_command(args: argparse.Namespace) -> int:
+    from .checkpoint import load_model
+
+    try:
+        guidances = tuple(float(g) for g in args.guidance.split(","))
+    except ValueError:
+        raise ValueError(f"--guidance must be comma-separated numbers, got {args.guidance!r}") from None
+    model = load_model(args.model, device=args.device)
+    rows = evaluate(model, [Path(d) for d in args.data], args.scale, guidances, not args.no_niqe, args.max_images)
+    table = format_table(rows)
+    import sys
+
+    sys.stdout.write(table + "\n")
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump({"model": getattr(model, "source_path", None), "scale": args.scale,
+                       "rows": [asdict(r) for r in rows]}, f, indent=2)
+        os.replace(tmp, out)
+    return 0

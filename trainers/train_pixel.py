@@ -1,0 +1,399 @@
+"""One-step pixel-space training of a GenDR-Pix model against HQ targets.
+
+This is the Stage II objective of GenDR-Pix Algorithm 1 with the HQ image standing in for
+the teacher output x_r (no public GenDR teacher exists):
+
+    L = L1(y, x_h) + l1 * softplus(-D(randpad(y))) + l2 * L_P(y, x_h) + l3 * L_F(y, x_h)
+
+with lambda = (0.05, 1, 0.1) by default (Eq. 4, Alg. 1), D a light discriminator on
+pixel-unshuffled RandPad-ed images trained with softplus(-D(randpad(x_h))) +
+softplus(D(randpad(sg[y]))). L_P is DISTS (or EA-DISTS) and needs ImageNet VGG16 weights
+from a local file (``loss.perceptual_weights``); with none given, set ``loss.perceptual`` to 0.
+
+Negative embedding (for PadCFG): a fraction of every batch is trained with the negative
+prompt embedding against a *blurred* HQ target. G(x, c-) thus learns a softer restoration,
+and PadCFG's w*G(x,c+) + (1-w)*G(x,c-) = G+ + (w-1)(G+ - G-) extrapolates away from it,
+adding detail for w > 1 at some PSNR cost, the trade-off of GenDR-Pix Fig. 13.
+
+Run:  python -m trainers.train_pixel --config trainers/configs/gendr_pix_s.json
+Resume is automatic from the newest checkpoint in ``output_dir`` (``--no-resume`` to restart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from gendr_core.checkpoint import read_header, resolve_model_path
+from gendr_core.config import GenDRPixConfig, JSONConfig
+from gendr_core.data import HRFolderDataset, collate_pairs
+from gendr_core.degradation import DegradationConfig, degrade, fixed_eval_degradation, sample_degradation
+from gendr_core.errors import ConfigError
+from gendr_core.imageio import load_image
+from gendr_core.losses import (
+    DISTS,
+    EADISTS,
+    discriminator_adv_loss,
+    generator_adv_loss,
+    l1_loss,
+    masked_fourier_loss,
+)
+from gendr_core.metrics import psnr_y
+from gendr_core.models import GenDRPix
+from gendr_core.models.discriminators import PixelUnshuffleDiscriminator
+from gendr_core.ops.padding import rand_pad
+from gendr_core.ops.resize import resize
+from gendr_core.pipeline import restore_grid
+from trainers.loop import (
+    JsonlLog,
+    StepBatchSampler,
+    latest_checkpoint,
+    load_checkpoint,
+    plot_curves,
+    require_accelerate,
+    save_checkpoint,
+)
+
+logger = logging.getLogger("trainers.train_pixel")
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class DataConfig(JSONConfig):
+    train_dirs: tuple[str, ...] = ("../shared/data/train_hr",)
+    val_dirs: tuple[str, ...] = ("../shared/data/val/Set5/HR", "../shared/data/val/Set14/HR")
+    crop_size: int = 192
+    batch_size: int = 8
+    scales: tuple[int, ...] = (2, 3, 4)
+    num_workers: int = 0
+    val_crop: int = 256  # centre crop of each val image (0 = whole image)
+    val_scale: int = 4
+
+
+@dataclass(frozen=True)
+class LossConfig(JSONConfig):
+    l1: float = 1.0
+    adversarial: float = 0.05  # lambda_1
+    perceptual: float = 1.0  # lambda_2 (DISTS)
+    mfs: float = 0.1  # lambda_3
+    mfs_half_width: int = 1
+    perceptual_weights: str | None = None  # local ImageNet VGG16 weights file
+    ea_dists: bool = False
+    adv_start_step: int = 0
+    neg_fraction: float = 0.25
+    neg_blur_sigma: tuple[float, float] = (1.0, 2.0)
+
+
+@dataclass(frozen=True)
+class OptimConfig(JSONConfig):
+    lr: float = 2e-4
+    disc_lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 0.0
+    warmup_steps: int = 200
+    schedule: str = "cosine"  # or "constant"
+    min_lr_ratio: float = 0.05
+    max_steps: int = 10000
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("cosine", "constant"):
+            raise ConfigError(f"optim.schedule={self.schedule!r} must be 'cosine' or 'constant'")
+
+
+@dataclass(frozen=True)
+class PixelTrainConfig(JSONConfig):
+    model: GenDRPixConfig = field(default_factory=GenDRPixConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    degradation: DegradationConfig | None = None  # None = Real-ESRGAN defaults
+    disc_channels: tuple[int, ...] = (64, 128, 256)
+    output_dir: str = "runs/pixel"
+    seed: int = 0
+    mixed_precision: str = "no"  # "no" | "bf16" | "fp16"
+    gradient_checkpointing: bool = False
+    zero_init_out: bool = True
+    init_from: str | None = None
+    threads: int = 0
+    log_every: int = 25
+    val_every: int = 500
+    save_every: int = 500
+    keep_checkpoints: int = 3
+
+    def __post_init__(self) -> None:
+        if self.data.crop_size % self.model.pad_multiple:
+            raise ConfigError(f"data.crop_size={self.data.crop_size} must be a multiple of the model's "
+                              f"pad multiple {self.model.pad_multiple}")
+
+
+def load_config(path: str | Path, overrides: dict[str, object] | None = None) -> PixelTrainConfig:
+    """Parse a JSON config file; ``overrides`` set dotted top-level/section fields."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training config not found: {path}")
+    data = json.loads(path.read_text())
+    for key, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return PixelTrainConfig.from_dict(data, where=str(path))
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Per-sample isotropic Gaussian blur, (B,C,H,W) with sigma (B,), reflect padding."""
+    r = int(math.ceil(3 * float(sigma.max())))
+    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-(t[None] ** 2) / (2 * sigma[:, None].to(x.dtype) ** 2))
+    k = k / k.sum(1, keepdim=True)  # (B, 2r+1)
+    b, c, h, w = x.shape
+    xp = F.pad(x, (r, r, r, r), mode="reflect").reshape(1, b * c, h + 2 * r, w + 2 * r)
+    kx = k.repeat_interleave(c, 0)[:, None, None, :]
+    ky = k.repeat_interleave(c, 0)[:, None, :, None]
+    y = F.conv2d(F.conv2d(xp, kx, groups=b * c), ky, groups=b * c)
+    return y.reshape(b, c, h, w)
+
+
+def lr_at(step: int, o: OptimConfig) -> float:
+    """Linear warm-up then cosine decay to ``min_lr_ratio`` (or constant)."""
+    if step < o.warmup_steps:
+        return (step + 1) / o.warmup_steps
+    if o.schedule == "constant":
+        return 1.0
+    p = min(1.0, (step - o.warmup_steps) / max(1, o.max_steps - o.warmup_steps))
+    return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p))
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in model.state_dict().items()}
+
+
+@torch.no_grad()
+def ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * weights, for every floating tensor of the model."""
+    for k, v in model.state_dict().items():
+        if v.is_floating_point():
+            ema[k].lerp_(v.detach().to(ema[k].dtype), 1 - decay)
+        else:
+            ema[k].copy_(v)
+
+
+def load_val_set(cfg: PixelTrainConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(hr, lr) pairs: HR centre crops degraded by the fixed evaluation degradation."""
+    paths = sorted(p for d in cfg.data.val_dirs if Path(d).is_dir() for p in Path(d).rglob("*")
+                   if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    if not paths:
+        logger.warning("no validation images found in %s; validation disabled", cfg.data.val_dirs)
+        return []
+    s, pairs = cfg.data.val_scale, []
+    deg = fixed_eval_degradation(scale=s)
+    for i, p in enumerate(paths):
+        hr, _, _ = load_image(p)
+        h, w = hr.shape[-2:]
+        c = cfg.data.val_crop
+        if c:
+            top, left = max(0, (h - c) // 2), max(0, (w - c) // 2)
+            hr = hr[..., top : top + c, left : left + c]
+        hr = hr[..., : hr.shape[-2] // s * s, : hr.shape[-1] // s * s]
+        params = sample_degradation(deg, torch.Generator().manual_seed(i), tuple(hr.shape[-2:]))
+        pairs.append((hr, degrade(hr, params)))
+    return pairs
+
+
+@torch.no_grad()
+def validate(model: GenDRPix, pairs, scale: int) -> dict[str, float]:
+    ps, pb = [], []
+    for hr, lr in pairs:
+        grid = resize(lr, tuple(hr.shape[-2:]), "bicubic")
+        sr = restore_grid(grid, model, tile="off").clamp(0, 1)
+        ps.append(float(psnr_y(sr, hr, crop_border=scale)))
+        pb.append(float(psnr_y(grid, hr, crop_border=scale)))
+    return {"psnr_y": sum(ps) / len(ps), "psnr_y_bicubic": sum(pb) / len(pb)}
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def train(cfg: PixelTrainConfig, resume: bool = True, stop_after: int | None = None) -> Path:
+    """Train until ``optim.max_steps`` (or ``stop_after`` more steps); returns output_dir."""
+    accelerate = require_accelerate()
+    out = Path(cfg.output_dir)
+    acc = accelerate.Accelerator(mixed_precision=cfg.mixed_precision, project_dir=str(out))
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    accelerate.utils.set_seed(cfg.seed)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    # -- model
+    model = GenDRPix(cfg.model)
+    g = torch.Generator().manual_seed(cfg.seed)
+    with torch.no_grad():
+        model.prompt_pos.normal_(0, 0.1, generator=g)
+        model.prompt_neg.normal_(0, 0.1, generator=g)
+        if cfg.zero_init_out:
+            model.unet.conv_out.weight.zero_()
+            model.unet.conv_out.bias.zero_()
+    if cfg.init_from:
+        from gendr_core.checkpoint import load_state_dict
+
+        path = resolve_model_path(cfg.init_from)
+        _, init_cfg, _ = read_header(path)
+        if init_cfg != cfg.model:
+            raise ConfigError(f"init_from={path}: its model config differs from the training config's 'model'")
+        model.load_state_dict(load_state_dict(path, {k: v.shape for k, v in model.state_dict().items()}))
+    model.prompt_pos.requires_grad_(True)
+    model.prompt_neg.requires_grad_(True)
+    if cfg.gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+    eval_model = copy.deepcopy(model).eval().requires_grad_(False)
+    ema = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+    disc = PixelUnshuffleDiscriminator(cfg.model.shuffle_factor, cfg.disc_channels)
+    perceptual = None
+    if cfg.loss.perceptual > 0:
+        cls = EADISTS if cfg.loss.ea_dists else DISTS
+        perceptual = cls(cfg.loss.perceptual_weights).to(acc.device)
+
+    o = cfg.optim
+    opt_g = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=o.lr, betas=o.betas,
+                              weight_decay=o.weight_decay)
+    opt_d = torch.optim.AdamW(disc.parameters(), lr=o.disc_lr, betas=(0.5, 0.99))
+    model, disc, opt_g, opt_d = acc.prepare(model, disc, opt_g, opt_d)
+
+    # -- resume
+    log = JsonlLog(out / "train_log.jsonl")
+    step = 0
+    ckpt = latest_checkpoint(out) if resume else None
+    if ckpt is not None:
+        step, ema_sd = load_checkpoint(acc, ckpt)
+        ema = {k: v.to(torch.float32) for k, v in ema_sd.items()}
+        log.truncate_after(step)
+        logger.info("resumed from %s at step %d", ckpt, step)
+    end = o.max_steps if stop_after is None else min(o.max_steps, step + stop_after)
+
+    # -- data
+    ds = HRFolderDataset(cfg.data.train_dirs, crop_size=cfg.data.crop_size, scales=cfg.data.scales,
+                         degradation=cfg.degradation or DegradationConfig(), seed=cfg.seed)
+    sampler = StepBatchSampler(len(ds), cfg.data.batch_size, cfg.seed, step, end)
+    dl = torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=cfg.data.num_workers,
+                                     collate_fn=collate_pairs, persistent_workers=cfg.data.num_workers > 0)
+    val_pairs = load_val_set(cfg) if acc.is_main_process and cfg.val_every else []
+    resolved = json.loads(cfg.to_json())
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(resolved, indent=2, sort_keys=True))
+
+    unwrapped = acc.unwrap_model(model)
+    scheds = [torch.optim.lr_scheduler.LambdaLR(opt, lambda s, _o=o: lr_at(s, _o), last_epoch=-1)
+              for opt in (opt_g, opt_d)]
+    for s in scheds:
+        for _ in range(step):
+            s.step()
+    pbar = tqdm(total=end, initial=step, disable=not acc.is_main_process, desc="train", dynamic_ncols=True)
+    t0, seen = time.time(), 0
+    gen = torch.Generator().manual_seed(cfg.seed + 17 * step + 1)
+    for batch in dl:
+        hr = batch["hr"].to(acc.device)
+        lr = batch["lr"].to(acc.device)
+        b = hr.shape[0]
+        x = resize(lr, tuple(hr.shape[-2:]), "bicubic")  # LR on the output grid
+        k = int(round(cfg.loss.neg_fraction * b)) if b > 1 else 0
+        target = hr
+        cond = unwrapped.prompt_pos.expand(b, -1, -1)
+        if k:
+            lo, hi = cfg.loss.neg_blur_sigma
+            sig = lo + (hi - lo) * torch.rand(k, generator=gen)
+            target = torch.cat([hr[: b - k], gaussian_blur(hr[b - k :], sig.to(hr.device))])
+            cond = torch.cat([cond[: b - k], unwrapped.prompt_neg.expand(k, -1, -1)])
+        with acc.autocast():
+            y = model(x, cond)
+        y = y.float()
+        yp, hp = y[: b - k], hr[: b - k]
+        losses = {"l1": l1_loss(y, target) * cfg.loss.l1}
+        if cfg.loss.mfs:
+            losses["mfs"] = cfg.loss.mfs * masked_fourier_loss(yp, hp, half_width=cfg.loss.mfs_half_width)
+        if perceptual is not None:
+            losses["perceptual"] = cfg.loss.perceptual * perceptual(yp, hp).mean()
+        use_adv = cfg.loss.adversarial > 0 and step >= cfg.loss.adv_start_step
+        if use_adv:
+            d_in, _ = rand_pad(yp, gen)
+            losses["adv_g"] = cfg.loss.adversarial * generator_adv_loss(disc(d_in))
+        loss = sum(losses.values())
+        opt_g.zero_grad(set_to_none=True)
+        acc.backward(loss)
+        if o.grad_clip:
+            acc.clip_grad_norm_(model.parameters(), o.grad_clip)
+        opt_g.step()
+        scheds[0].step()
+        if use_adv:
+            real, _ = rand_pad(hp, gen)
+            fake, _ = rand_pad(yp.detach(), gen)
+            d_loss = discriminator_adv_loss(disc(real), disc(fake))
+            opt_d.zero_grad(set_to_none=True)
+            acc.backward(d_loss)
+            opt_d.step()
+            losses["adv_d"] = d_loss
+        scheds[1].step()
+        ema_update(ema, unwrapped, o.ema_decay)
+        step += 1
+        seen += b
+        pbar.update(1)
+        if acc.is_main_process and (step % cfg.log_every == 0 or step == end):
+            rec = {"kind": "train", "step": step, "loss": float(loss), "lr": scheds[0].get_last_lr()[0],
+                   "images_per_s": seen / (time.time() - t0), "scale": int(batch["scale"])}
+            rec.update({f"loss_{n}": float(v) for n, v in losses.items()})
+            log.write(rec)
+            pbar.set_postfix(loss=f"{float(loss):.4f}")
+        if acc.is_main_process and val_pairs and (step % cfg.val_every == 0 or step == end):
+            eval_model.load_state_dict({k: v.to(eval_model.prompt_pos.dtype) if v.is_floating_point() else v
+                                        for k, v in ema.items()})
+            rec = {"kind": "val", "step": step, **validate(eval_model, val_pairs, cfg.data.val_scale)}
+            log.write(rec)
+            logger.info("step %d: val PSNR-Y %.3f dB (bicubic %.3f dB)", step, rec["psnr_y"], rec["psnr_y_bicubic"])
+            plot_curves(log, out / "curves.png")
+        if step % cfg.save_every == 0 or step == end:
+            save_checkpoint(acc, out, step, ema, resolved, cfg.keep_checkpoints)
+    pbar.close()
+    if acc.is_main_process:
+        plot_curves(log, out / "curves.png")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", required=True, help="JSON file parsed into PixelTrainConfig")
+    ap.add_argument("--output-dir", help="override output_dir")
+    ap.add_argument("--max-steps", type=int, help="override optim.max_steps")
+    ap.add_argument("--stop-after", type=int, help="stop after this many more steps (for time-boxed sessions)")
+    ap.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    args = ap.parse_args(argv)
+    overrides: dict[str, object] = {}
+    if args.output_dir:
+        overrides["output_dir"] = args.output_dir
+    if args.max_steps:
+        overrides["optim.max_steps"] = args.max_steps
+    cfg = load_config(args.config, overrides)
+    train(cfg, resume=not args.no_resume, stop_after=args.stop_after)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
