@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import CheckpointFormatError, ConfigError, ImageInputError, MissingDependencyError
-from .vgg import DISTS_CHANNELS, VGG16Features, _read_tensor_file, load_vgg16_state_dict, vgg_weights_hint
+from .vgg import DISTS_CHANNELS, VGG16Features, load_vgg16_state_dict, read_tensor_file, vgg_weights_hint
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +47,7 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 def _check_pair(pred: Tensor, target: Tensor, name: str) -> None:
     if pred.shape != target.shape:
         raise ImageInputError(
-            f"{name}: pred and target must have the same shape, got {tuple(pred.shape)} and "
-            f"{tuple(target.shape)}"
+            f"{name}: pred and target must have the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}"
         )
     if pred.dim() != 4:
         raise ImageInputError(f"{name}: expected (B,C,H,W) tensors, got shape {tuple(pred.shape)}")
@@ -58,9 +57,7 @@ def l1_loss(pred: Tensor, target: Tensor) -> Tensor:
     """Mean absolute error ``mean |pred - target|`` over all elements (the ``||.||_1`` terms of
     GenDR-Pix Eq. 1 and Eq. 4, read as a mean, as is usual for image losses)."""
     if pred.shape != target.shape:
-        raise ImageInputError(
-            f"l1_loss: shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}"
-        )
+        raise ImageInputError(f"l1_loss: shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}")
     return (pred - target).abs().mean()
 
 
@@ -130,47 +127,51 @@ def masked_fourier_loss(
     period: int = 8,
     half_width: int = 1,
     reduction: Reduction = "mean",
+    norm: Literal["backward", "ortho", "forward"] = "backward",
 ) -> Tensor:
     """Masked Fourier-space (MFS) loss, GenDR-Pix Eq. 2:
     ``L_F = || M * (|F{y_stu}| - |F{y_tea}|) ||_1``.
 
     ``pred`` = y_stu (student output), ``target`` = y_tea (teacher / reference), both (B,C,H,W).
+    Equivalent to ``F.l1_loss(M * |fft2(pred)|, M * |fft2(target)|)`` with PyTorch defaults.
 
-    Decisions (the paper does not state them):
+    Decisions (the paper states none of them):
 
-    * FFT: ``torch.fft.fft2`` over the last two dims, unshifted, computed in float32 (bf16/fp16
-      inputs are upcast), ``norm="ortho"``.  The orthonormal DFT preserves energy (Parseval), so a
-      pixel perturbation of L2 norm e has spectral L2 norm e, independent of image size; with
-      ``"backward"`` the amplitudes would scale with H*W (the DC bin alone is H*W*mean), which would
-      make the loss weight (lambda_3 = 0.1 in Algorithm 1) resolution dependent.
-    * ``reduction="mean"``: the sum of ``|M*(|F_s|-|F_t|)|`` divided by the number of *masked* bins
-      times B*C, i.e. the mean amplitude error per penalised frequency bin.  With ortho norm an
-      8-periodic artifact of fixed per-pixel amplitude gives spikes of height ~ sqrt(H*W) while the
-      masked bin count grows ~ (H+W), so this mean is roughly resolution independent for square
-      crops.  ``"sum"`` is the plain L1 norm summed over the batch; ``"none"`` returns per-image
-      (B,) means over the masked bins.
+    * FFT: ``torch.fft.fft2`` over the last two dims, unshifted (see :func:`artifact_mask`),
+      computed in float32 (bf16/fp16 inputs are upcast), ``norm="backward"`` (unnormalised, the
+      PyTorch default and the most likely setting of the authors' unreleased code, for which
+      lambda_3 = 0.1 of Algorithm 1 was tuned).
+    * ``reduction="mean"``: mean over *all* B*C*H*W elements, masked-out bins included (the
+      ``F.l1_loss`` convention).  With ``"backward"`` the two 1/(H*W) and H*W factors cancel: the
+      loss equals the sum over masked bins of the amplitude error of the mean-normalised spectrum
+      (``fft2(x)/(H*W)``), averaged over B*C.  Hence (i) an 8-periodic artifact of fixed per-pixel
+      strength gives the same loss at any resolution (its spectrum is the 8x8 tile's DFT / 64
+      placed on the masked grid), and (ii) a constant offset ``c`` between the images gives exactly
+      ``L_F = |c|`` (only the DC bin differs, by ``|c| * H * W``), i.e. the same value as the pixel
+      L1 loss.  ``norm="ortho"`` would make the loss 1/sqrt(H*W) times smaller (resolution
+      dependent); the ortho / mean-over-masked-bins alternative is resolution independent too but
+      about 32*s times smaller for square crops, which would silently weaken lambda_3.
+      ``"sum"`` sums over all elements; ``"none"`` returns per-image (B,) means over C*H*W.
+    * The mask contains the zero-frequency row and column bands (``i = 0``), so axis-aligned
+      low-frequency differences (global brightness, pure horizontal/vertical gradients) are
+      penalised as well, not only the pixel-shuffle grid; oblique low/mid-frequency content is not.
     * Gradient of ``|z|`` at ``z = 0`` is taken as 0 (PyTorch's convention).
-
-    See :func:`artifact_mask` for the mask reading.
     """
     _check_pair(pred, target, "masked_fourier_loss")
     if reduction not in ("mean", "sum", "none"):
         raise ConfigError(f"masked_fourier_loss: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-    b, c, h, w = pred.shape
+    if norm not in ("backward", "ortho", "forward"):
+        raise ConfigError(f"masked_fourier_loss: norm must be 'backward', 'ortho' or 'forward', got {norm!r}")
+    h, w = pred.shape[-2:]
     mask = artifact_mask(h, w, period, half_width, device=pred.device, dtype=torch.float32)  # (H,W)
-    amp_p = torch.fft.fft2(pred.float(), norm="ortho").abs()  # (B,C,H,W)
-    amp_t = torch.fft.fft2(target.float(), norm="ortho").abs()  # (B,C,H,W)
+    amp_p = torch.fft.fft2(pred.float(), norm=norm).abs()  # (B,C,H,W)
+    amp_t = torch.fft.fft2(target.float(), norm=norm).abs()  # (B,C,H,W)
     diff = (mask * (amp_p - amp_t)).abs()  # (B,C,H,W)
-    n_masked = mask.sum()
     if reduction == "sum":
         return diff.sum()
-    if n_masked == 0:
-        zero = diff.sum() * 0.0
-        return zero if reduction == "mean" else zero.expand(b).clone()
-    per_image = diff.sum(dim=(1, 2, 3)) / (c * n_masked)  # (B,)
     if reduction == "none":
-        return per_image
-    return per_image.mean()
+        return diff.mean(dim=(1, 2, 3))  # (B,)
+    return diff.mean()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -222,7 +223,7 @@ def _load_dists_alpha_beta(path: str | Path) -> tuple[Tensor, Tensor]:
     """Read DISTS alpha/beta from the official ``weights.pt`` (keys alpha, beta) or a safetensors
     file with the same keys; each must have 1475 elements.  Returns (1,1475,1,1) float32 each."""
     path = Path(path).expanduser()
-    raw = _read_tensor_file(path, "DISTS alpha/beta weights")
+    raw = read_tensor_file(path, "DISTS alpha/beta weights")
     total = sum(DISTS_CHANNELS)
     out: list[Tensor] = []
     for key in ("alpha", "beta"):
@@ -290,6 +291,7 @@ class DISTS(nn.Module):
             self.vgg.load_weights(load_vgg16_state_dict(vgg_weights))
         total = sum(DISTS_CHANNELS)
         if dists_weights is None:
+            logger.info("DISTS: no alpha/beta file given; using uniform alpha = beta (documented default)")
             alpha = torch.full((1, total, 1, 1), 0.1)
             beta = torch.full((1, total, 1, 1), 0.1)
         else:
@@ -323,11 +325,12 @@ class DISTS(nn.Module):
             raise ConfigError(f"DISTS: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
         b = x.shape[0]
         feats = self.features(torch.cat([x, y], dim=0))  # each (2B,C_k,H_k,W_k)
-        w_sum = self.alpha.sum() + self.beta.sum()
-        alphas = torch.split(self.alpha / w_sum, list(DISTS_CHANNELS), dim=1)
-        betas = torch.split(self.beta / w_sum, list(DISTS_CHANNELS), dim=1)
+        alpha, beta = self.alpha.float(), self.beta.float()  # weights in fp32 even for a half VGG
+        w_sum = alpha.sum() + beta.sum()
+        alphas = torch.split(alpha / w_sum, list(DISTS_CHANNELS), dim=1)
+        betas = torch.split(beta / w_sum, list(DISTS_CHANNELS), dim=1)
         sim = x.new_zeros(b, dtype=torch.float32)  # (B,)
-        for f, a, bt in zip(feats, alphas, betas):
+        for f, a, bt in zip(feats, alphas, betas, strict=True):
             s1, s2 = dists_similarity(f[:b], f[b:])  # (B,C_k) each
             sim = sim + (s1 * a.flatten()).sum(dim=1) + (s2 * bt.flatten()).sum(dim=1)
         score = 1.0 - sim  # (B,)

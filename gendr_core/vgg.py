@@ -14,8 +14,8 @@ torchvision ``.pth`` file (read with ``torch.load(..., weights_only=True)`` only
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,8 @@ __all__ = [
     "VGG16Features",
     "load_vgg16_state_dict",
     "convert_vgg16_to_safetensors",
+    "read_tensor_file",
+    "vgg_weights_hint",
 ]
 
 #: torchvision ``vgg16().features`` conv layers: index -> (in_channels, out_channels); all 3x3, pad 1.
@@ -148,7 +150,7 @@ def _expected_shapes() -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _read_tensor_file(path: Path, what: str) -> dict[str, Tensor]:
+def read_tensor_file(path: Path, what: str) -> dict[str, Tensor]:
     """Read a ``.safetensors`` file or a ``torch.save`` file (weights_only) into a flat dict."""
     if not path.is_file():
         raise FileNotFoundError(
@@ -160,8 +162,7 @@ def _read_tensor_file(path: Path, what: str) -> dict[str, Tensor]:
             from safetensors.torch import load_file
         except ImportError as exc:  # pragma: no cover - safetensors is a core dependency
             raise CheckpointFormatError(
-                f"cannot read '{path}': the 'safetensors' package is not installed "
-                "(pip install safetensors)"
+                f"cannot read '{path}': the 'safetensors' package is not installed (pip install safetensors)"
             ) from exc
         try:
             return dict(load_file(str(path), device="cpu"))
@@ -179,8 +180,7 @@ def _read_tensor_file(path: Path, what: str) -> dict[str, Tensor]:
             obj = obj[wrapper]
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise CheckpointFormatError(
-            f"{what} file '{path}' does not hold a flat state dict of tensors "
-            f"(got {type(obj).__name__})."
+            f"{what} file '{path}' does not hold a flat state dict of tensors (got {type(obj).__name__})."
         )
     return dict(obj)
 
@@ -213,7 +213,7 @@ def load_vgg16_state_dict(path: str | Path) -> dict[str, Tensor]:
             shape) or missing conv keys (names them).
     """
     path = Path(path).expanduser()
-    raw = _read_tensor_file(path, "VGG16 weights")
+    raw = read_tensor_file(path, "VGG16 weights")
     expected = _expected_shapes()
     out: dict[str, Tensor] = {}
     ignored: list[str] = []
@@ -251,7 +251,9 @@ def convert_vgg16_to_safetensors(src: str | Path, dst: str | Path) -> Path:
     state = load_vgg16_state_dict(src)
     dst = Path(dst).expanduser()
     dst.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(dst), metadata={"format": "pt", "model": "vgg16.features"})
+    save_file(
+        {k: v.contiguous() for k, v in state.items()}, str(dst), metadata={"format": "pt", "model": "vgg16.features"}
+    )
     logger.info("wrote VGG16 feature weights (%d tensors) to %s", len(state), dst)
     return dst
 
