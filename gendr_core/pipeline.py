@@ -23,7 +23,7 @@ from .ops.color_fix import wavelet_color_fix
 from .ops.guidance import pad_cfg, rand_pad_ensemble
 from .ops.padding import Pad, check_image_tensor
 from .ops.resize import output_size, resize
-from .ops.tiling import tiled_apply
+from .ops.tiling import tile_count, tiled_apply
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,8 @@ def restore_grid(
 
     ``tile``: "auto" (whole image when the memory estimate fits, else tiles), 0/"off"
     (never tile) or a tile size in pixels. On out-of-memory the tile is halved and the
-    image retried, down to 128 px.
+    image retried, down to 128 px. ``progress(done, total)`` is called after every branch
+    (sequential PadCFG) or ensemble pass of every tile, so a caller can interrupt per tile.
     """
     if branch_mode not in ("batched", "sequential"):
         raise ValueError(f"branch_mode={branch_mode!r} must be 'batched' or 'sequential'")
@@ -117,13 +118,22 @@ def restore_grid(
     x = x.to(model.device)
     passes = randpad if randpad else (1 if guidance == 1.0 or branch_mode == "batched" else 2)
     gen = torch.Generator("cpu").manual_seed(seed)
+    tiles = {"done": 0, "total": 1}  # set before tiling so each branch/pass can report within its tile
+
+    def step(i: int, n: int) -> None:  # branch or ensemble pass i of n, in the current tile
+        if progress:
+            progress(tiles["done"] * n + i, tiles["total"] * n)
+
+    def tile_done(done: int, total: int) -> None:
+        tiles["done"] = done
 
     def run(t: Tensor) -> Tensor:
         with torch.no_grad():
             if randpad:
-                return rand_pad_ensemble(model.predict, t, cond_pos, randpad, multiple=m, generator=gen)
+                return rand_pad_ensemble(model.predict, t, cond_pos, randpad, multiple=m, generator=gen,
+                                         progress=step)
             return pad_cfg(model.predict, t, cond_pos, cond_neg, guidance, multiple=m, pos_pad=pos_pad,
-                           neg_pad=neg_pad, batched=branch_mode == "batched")
+                           neg_pad=neg_pad, batched=branch_mode == "batched", progress=step)
 
     b, _, h, w = x.shape
     if tile == "auto":
@@ -140,12 +150,12 @@ def restore_grid(
     del passes
     while True:
         try:
+            tiles["done"] = 0
             if not size or size >= max(h, w):
-                y = run(x)
-                if progress:
-                    progress(1, 1)
-                return y
-            return tiled_apply(run, x, size, overlap, align=m, progress=progress)
+                tiles["total"] = 1
+                return run(x)
+            tiles["total"] = tile_count(h, w, size, overlap, m)
+            return tiled_apply(run, x, size, overlap, align=m, progress=tile_done)
         except Exception as exc:  # noqa: BLE001 - only OOM is handled, everything else re-raised
             if not _is_oom(exc) or tile == "off" or tile == 0:
                 raise

@@ -49,6 +49,17 @@ def _ramp(n: int, overlap: int, ramp_start: bool, ramp_end: bool, device, dtype)
     return w
 
 
+def aligned_tile(tile: int, overlap: int, align: int = 1) -> tuple[int, int]:
+    """(tile, overlap) as :func:`tiled_apply` uses them: tile down, overlap up to multiples of ``align``."""
+    return max(align, tile // align * align), math.ceil(overlap / align) * align
+
+
+def tile_count(h: int, w: int, tile: int, overlap: int, align: int = 1) -> int:
+    """Number of tiles :func:`tiled_apply` runs on an (h, w) image (for progress totals)."""
+    tile, overlap = aligned_tile(tile, overlap, align)
+    return len(tile_spans(h, tile, overlap)) * len(tile_spans(w, tile, overlap))
+
+
 def tiled_apply(
     fn: Callable[[Tensor], Tensor],
     x: Tensor,
@@ -62,8 +73,7 @@ def tiled_apply(
     ``tile`` and ``overlap`` are rounded to multiples of ``align``; ``overlap`` must be
     smaller than ``tile``.
     """
-    tile = max(align, tile // align * align)
-    overlap = math.ceil(overlap / align) * align
+    tile, overlap = aligned_tile(tile, overlap, align)
     if overlap >= tile:
         raise ValueError(f"overlap={overlap} must be smaller than tile={tile} (after aligning to {align})")
     h, w = x.shape[-2:]

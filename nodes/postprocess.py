@@ -1,0 +1,115 @@
+"""GenDRPixRandPad (Eq. 6 self-ensemble) and GenDRPixFixMod (color fix / learned FixMod)."""
+
+from __future__ import annotations
+
+import logging
+
+import comfy.model_management as mm
+import torch
+from comfy_api.latest import io
+from torch import Tensor
+
+from ..gendr_core.models import OneStepRestorer
+from ..gendr_core.ops.color_fix import wavelet_color_fix
+from ..gendr_core.pipeline import upscale
+from .memory import model_on_device, work_bytes
+from .progress import comfy_progress
+from .tensors import bchw_to_bhwc, bhwc_to_bchw, match_reference, split_alpha, upscale_mask
+from .types import GenDRPixModel
+from .upscale import CATEGORY, check_overlap, tile_arg, tiling_inputs
+
+logger = logging.getLogger(__name__)
+
+
+class GenDRPixRandPad(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="GenDRPixRandPad",
+            display_name="GenDR-Pix RandPad Ensemble",
+            category=CATEGORY,
+            description="Restores like the sampler (guidance 1) but averages n passes, each with a random pad offset "
+                        "of the 8x8 shuffle grid (GenDR-Pix Eq. 6). Smoother, fewer grid artifacts; n times the "
+                        "compute. Seeded: the same seed gives the same result.",
+            inputs=[
+                io.Image.Input("image", tooltip="Low-quality input image(s), as for the PadCFG sampler."),
+                GenDRPixModel.Input("model", tooltip="Model from 'GenDR-Pix Model Loader'."),
+                io.Float.Input("scale", default=4.0, min=0.25, max=16.0, step=0.05,
+                               tooltip="Output size / input size. Use 1.0 to re-run on an already upscaled image."),
+                io.Int.Input("passes", default=4, min=1, max=64,
+                             tooltip="Number of random pad offsets averaged (n in Eq. 6). 1 = one random offset."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Seed of the random pad offsets."),
+                *tiling_inputs(),
+                io.Mask.Input("mask", optional=True,
+                              tooltip="Optional MASK, upscaled bicubically to the output size (as in the sampler)."),
+            ],
+            outputs=[
+                io.Image.Output("restored", display_name="IMAGE", tooltip="Ensemble-restored image(s)."),
+                io.Mask.Output("restored_mask", display_name="MASK", tooltip="The mask at the output size."),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, tiling: str, tile_size: int, tile_overlap: int) -> bool | str:
+        return check_overlap(tiling, tile_size, tile_overlap)
+
+    @classmethod
+    def execute(cls, image, model, scale, passes, seed, tiling, tile_size, tile_overlap, mask=None) -> io.NodeOutput:
+        rgb, alpha_mask = split_alpha(image)
+        x = bhwc_to_bchw(rgb)  # (B,H,W,3) -> (B,3,H,W)
+        tile = tile_arg(tiling, tile_size)
+        with model_on_device(model, work_bytes(model, x.shape[-2:], x.shape[0], scale, 1, tile)):
+            y = upscale(x, model, scale, 1.0, randpad=passes, seed=seed, tile=tile, overlap=tile_overlap,
+                        progress=comfy_progress())
+        out = bchw_to_bhwc(y).to(mm.intermediate_device())  # (B,3,H,W) -> (B,H,W,3)
+        out_mask = upscale_mask(mask if mask is not None else alpha_mask, out.shape[1:3], out.shape[0])
+        return io.NodeOutput(out, out_mask.to(out.device))
+
+
+def fixmod(content: Tensor, reference: Tensor, strength: float, model: OneStepRestorer | None = None) -> Tensor:
+    """FixMod (GenDR-Pix Sec. A.1): the model's learned FixMod network if its file has one, else the
+    wavelet color fix high(content) + low(reference); ``strength`` blends from content (0) to fixed (1)."""
+    net = getattr(model, "fixmod", None)
+    if net is None:
+        if model is not None:
+            logger.info("GenDR-Pix FixMod: the %s model file has no learned FixMod; using the wavelet color fix",
+                        model.kind)
+        return wavelet_color_fix(content, reference, strength)
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength={strength} must be in [0, 1]")
+    with model_on_device(model, 0), torch.no_grad():
+        dev = mm.get_torch_device()
+        fixed = net(content.to(dev), reference=reference.to(dev)).float().to(content.device)
+    return content + strength * (fixed - content)
+
+
+class GenDRPixFixMod(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="GenDRPixFixMod",
+            display_name="GenDR-Pix FixMod (Color Fix)",
+            category=CATEGORY,
+            description="Corrects color shifts of a restored image against its input: keeps the restored high "
+                        "frequencies and takes the low frequencies (colors, tones) from the input (wavelet color "
+                        "fix), or runs the learned FixMod network when the model file has one.",
+            inputs=[
+                io.Image.Input("image", tooltip="Restored image(s) to correct (output of the sampler or RandPad)."),
+                io.Image.Input("reference", tooltip="The original low-quality input; resized bicubically to the "
+                                                    "restored size. One reference or one per batch image."),
+                io.Float.Input("strength", default=1.0, min=0.0, max=1.0, step=0.05,
+                               tooltip="0 = unchanged, 1 = full correction; values in between blend."),
+                GenDRPixModel.Input("model", optional=True,
+                                    tooltip="Optional model: its learned FixMod network is used if the file has "
+                                            "one; without it (or without a network) the wavelet color fix runs."),
+            ],
+            outputs=[io.Image.Output("fixed", display_name="IMAGE", tooltip="Color-corrected image(s).")],
+        )
+
+    @classmethod
+    def execute(cls, image, reference, strength, model=None) -> io.NodeOutput:
+        y = bhwc_to_bchw(split_alpha(image)[0])  # (B,H,W,3) -> (B,3,H,W)
+        ref = match_reference(bhwc_to_bchw(split_alpha(reference)[0]), y)
+        out = fixmod(y, ref, strength, model).clamp(0.0, 1.0)
+        return io.NodeOutput(bchw_to_bhwc(out).to(mm.intermediate_device()))
