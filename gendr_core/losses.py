@@ -277,14 +277,14 @@ class DISTS(nn.Module):
         seed: int = 0,
     ) -> None:
         super().__init__()
+        if vgg_weights is None and not allow_random:
+            raise MissingDependencyError(
+                "DISTS needs " + vgg_weights_hint() + "; set perceptual_weights in the training "
+                "config to that local file (.safetensors or .pth). Nothing is downloaded "
+                "automatically."
+            )
         self.vgg = VGG16Features()
         if vgg_weights is None:
-            if not allow_random:
-                raise MissingDependencyError(
-                    "DISTS needs " + vgg_weights_hint() + "; set perceptual_weights in the training "
-                    "config to that local file (.safetensors or .pth). Nothing is downloaded "
-                    "automatically."
-                )
             logger.warning("DISTS: using randomly initialised VGG16 (seed %d); values are not perceptual", seed)
             self.vgg.init_random(seed)
         else:
@@ -367,20 +367,22 @@ class EADISTS(nn.Module):
     is handled nor add an epsilon (Eq. 7 is a plain square root) nor specify border handling; see
     :func:`sobel_magnitude`.  Shares one frozen VGG16 with the wrapped :class:`DISTS`.
 
-    Construct from an existing :class:`DISTS` (``EADISTS(dists)``) or with DISTS' arguments
-    (``EADISTS(vgg_weights=..., allow_random=...)``).
+    Same constructor as :class:`DISTS` (drop-in replacement: ``EADISTS(vgg_weights, ...)``), or
+    wrap an existing instance with ``EADISTS(dists=instance)``.
     """
 
     def __init__(
         self,
-        dists: DISTS | None = None,
-        *,
         vgg_weights: str | Path | None = None,
         dists_weights: str | Path | None = None,
         allow_random: bool = False,
         seed: int = 0,
+        *,
+        dists: DISTS | None = None,
     ) -> None:
         super().__init__()
+        if isinstance(vgg_weights, DISTS):  # tolerate EADISTS(existing_dists)
+            dists, vgg_weights = vgg_weights, None
         self.dists = dists if dists is not None else DISTS(vgg_weights, dists_weights, allow_random, seed)
 
     def train(self, mode: bool = True) -> EADISTS:

@@ -333,7 +333,9 @@ def test_sobel_magnitude_hand_computed() -> None:
 
 def test_ea_dists(dists: DISTS, images: tuple[torch.Tensor, torch.Tensor]) -> None:
     x, y = images
-    ea = EADISTS(dists)
+    ea = EADISTS(dists=dists)
+    with pytest.raises(MissingDependencyError, match="perceptual_weights"):
+        EADISTS(None)  # same constructor as DISTS
     assert ea.dists is dists  # shares the frozen VGG
     assert ea(x, x).abs().item() < 1e-6
     d = dists(x, y, reduction="none")
