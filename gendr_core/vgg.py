@@ -63,7 +63,7 @@ DISTS_CHANNELS: tuple[int, ...] = (3, 64, 128, 256, 512, 512)
 _N_LAYERS = 30  # features[0:30]; torchvision's trailing max-pool (index 30) is not used
 _VGG_HINT = (
     "ImageNet VGG16 weights, e.g. torchvision's vgg16-397923af.pth converted with "
-    "`gendr-pix convert-vgg` or passed directly"
+    "`gendr-pix convert --vgg16 vgg16-397923af.pth -o vgg16.safetensors` or passed directly"
 )
 
 
