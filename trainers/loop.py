@@ -82,15 +82,18 @@ def load_checkpoint(accelerator, path: Path) -> tuple[int, dict[str, torch.Tenso
 
 
 class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
-    """Batches of dataset indices that depend only on (seed, step): resume is exact."""
+    """Batch ``step`` = dataset items [step*B, (step+1)*B): a pure function of the step.
 
-    def __init__(self, n_items: int, batch_size: int, seed: int, start_step: int, max_steps: int) -> None:
-        self.n, self.b, self.seed, self.start, self.max = n_items, batch_size, seed, start_step, max_steps
+    The dataset itself shuffles images and draws one scale per batch from (seed, index), so
+    resuming at step k replays exactly the batches an uninterrupted run would have seen.
+    """
+
+    def __init__(self, batch_size: int, start_step: int, max_steps: int) -> None:
+        self.b, self.start, self.max = batch_size, start_step, max_steps
 
     def __iter__(self) -> Iterator[list[int]]:
         for step in range(self.start, self.max):
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-            yield torch.randint(0, self.n, (self.b,), generator=g).tolist()
+            yield list(range(step * self.b, (step + 1) * self.b))
 
     def __len__(self) -> int:
         return max(0, self.max - self.start)

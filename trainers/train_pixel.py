@@ -290,9 +290,11 @@ def train(cfg: PixelTrainConfig, resume: bool = True, stop_after: int | None = N
     end = o.max_steps if stop_after is None else min(o.max_steps, step + stop_after)
 
     # -- data
-    ds = HRFolderDataset(cfg.data.train_dirs, crop_size=cfg.data.crop_size, scales=cfg.data.scales,
-                         degradation=cfg.degradation or DegradationConfig(), seed=cfg.seed)
-    sampler = StepBatchSampler(len(ds), cfg.data.batch_size, cfg.seed, step, end)
+    bsz = cfg.data.batch_size
+    ds = HRFolderDataset(list(cfg.data.train_dirs), crop_size=cfg.data.crop_size, scales=cfg.data.scales,
+                         degradation=cfg.degradation or DegradationConfig(), seed=cfg.seed,
+                         epoch_length=o.max_steps * bsz, batch_size=bsz)
+    sampler = StepBatchSampler(bsz, step, end)
     dl = torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=cfg.data.num_workers,
                                      collate_fn=collate_pairs, persistent_workers=cfg.data.num_workers > 0)
     val_pairs = load_val_set(cfg) if acc.is_main_process and cfg.val_every else []
@@ -304,9 +306,10 @@ def train(cfg: PixelTrainConfig, resume: bool = True, stop_after: int | None = N
     unwrapped = acc.unwrap_model(model)
     scheds = [torch.optim.lr_scheduler.LambdaLR(opt, lambda s, _o=o: lr_at(s, _o), last_epoch=-1)
               for opt in (opt_g, opt_d)]
-    for s in scheds:
-        for _ in range(step):
-            s.step()
+    for _ in range(step):
+        scheds[0].step()
+    for _ in range(max(0, step - cfg.loss.adv_start_step)):
+        scheds[1].step()
     pbar = tqdm(total=end, initial=step, disable=not acc.is_main_process, desc="train", dynamic_ncols=True)
     t0, seen = time.time(), 0
     gen = torch.Generator().manual_seed(cfg.seed + 17 * step + 1)
@@ -350,18 +353,18 @@ def train(cfg: PixelTrainConfig, resume: bool = True, stop_after: int | None = N
             opt_d.zero_grad(set_to_none=True)
             acc.backward(d_loss)
             opt_d.step()
+            scheds[1].step()
             losses["adv_d"] = d_loss
-        scheds[1].step()
         ema_update(ema, unwrapped, o.ema_decay)
         step += 1
         seen += b
         pbar.update(1)
         if acc.is_main_process and (step % cfg.log_every == 0 or step == end):
-            rec = {"kind": "train", "step": step, "loss": float(loss), "lr": scheds[0].get_last_lr()[0],
+            rec = {"kind": "train", "step": step, "loss": float(loss.detach()), "lr": scheds[0].get_last_lr()[0],
                    "images_per_s": seen / (time.time() - t0), "scale": int(batch["scale"])}
-            rec.update({f"loss_{n}": float(v) for n, v in losses.items()})
+            rec.update({f"loss_{n}": float(v.detach()) for n, v in losses.items()})
             log.write(rec)
-            pbar.set_postfix(loss=f"{float(loss):.4f}")
+            pbar.set_postfix(loss=f"{float(loss.detach()):.4f}")
         if acc.is_main_process and val_pairs and (step % cfg.val_every == 0 or step == end):
             eval_model.load_state_dict({k: v.to(eval_model.prompt_pos.dtype) if v.is_floating_point() else v
                                         for k, v in ema.items()})
