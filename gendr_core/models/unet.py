@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import nn
 
 from ..config import UNetConfig, VAEConfig
 
+if TYPE_CHECKING:  # diffusers is imported lazily: it costs seconds at import time
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
 
 def build_unet(cfg: UNetConfig) -> UNet2DConditionModel:
     """diffusers ``UNet2DConditionModel(**cfg)`` (SD2.1 layout by default)."""
+    from diffusers import UNet2DConditionModel
+
     return UNet2DConditionModel(**cfg.diffusers_kwargs())
 
 
 def build_vae(cfg: VAEConfig) -> AutoencoderKL:
+    from diffusers import AutoencoderKL
+
     return AutoencoderKL(**cfg.diffusers_kwargs())
 
 
