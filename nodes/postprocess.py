@@ -16,7 +16,7 @@ from .memory import model_on_device, work_bytes
 from .progress import comfy_progress
 from .tensors import bchw_to_bhwc, bhwc_to_bchw, match_reference, split_alpha, upscale_mask
 from .types import GenDRPixModel
-from .upscale import CATEGORY, check_overlap, tile_arg, tiling_inputs
+from .upscale import CATEGORY, tile_arg, tiling_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +49,6 @@ class GenDRPixRandPad(io.ComfyNode):
                 io.Mask.Output("restored_mask", display_name="MASK", tooltip="The mask at the output size."),
             ],
         )
-
-    @classmethod
-    def validate_inputs(cls, tiling: str, tile_size: int, tile_overlap: int) -> bool | str:
-        return check_overlap(tiling, tile_size, tile_overlap)
 
     @classmethod
     def execute(cls, image, model, scale, passes, seed, tiling, tile_size, tile_overlap, mask=None) -> io.NodeOutput:

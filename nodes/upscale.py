@@ -34,12 +34,6 @@ def tile_arg(tiling: str, tile_size: int) -> int | str:
     return tile_size if tiling == "fixed" else tiling
 
 
-def check_overlap(tiling: str, tile_size: int, tile_overlap: int) -> bool | str:
-    if tiling == "fixed" and tile_overlap >= tile_size:
-        return f"tile_overlap={tile_overlap} must be smaller than tile_size={tile_size}"
-    return True
-
-
 class GenDRPixPadCFGSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -89,13 +83,13 @@ class GenDRPixPadCFGSampler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, positive_pad: str, negative_pad: str, tiling: str, tile_size: int,
-                        tile_overlap: int) -> bool | str:
+    def validate_inputs(cls, positive_pad: str, negative_pad: str) -> bool | str:
+        # Only the pads: ComfyUI skips its own min/max/options checks for inputs named here.
         try:
             parse_pad(positive_pad, "positive_pad"), parse_pad(negative_pad, "negative_pad")
         except ValueError as exc:
             return str(exc)
-        return check_overlap(tiling, tile_size, tile_overlap)
+        return True
 
     @classmethod
     def execute(cls, image, model, scale, guidance, positive_pad, negative_pad, branch_mode, tiling, tile_size,

@@ -7,6 +7,7 @@ on tiny random models saved to a temporary ``models/gendr_pix`` folder.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import re
 import sys
@@ -118,6 +119,12 @@ def test_schema_conventions(nodes, node_id):
             assert comfy_stub.widget_problem((inp.io_type, inp.as_dict()), inp.default) is None
     for out in schema.outputs:
         assert out.tooltip
+    # ComfyUI skips its min/max/options checks for every input that validate_inputs names: name strings only
+    from comfy_api.latest import io
+
+    if io.overrides(nodes[node_id], "validate_inputs"):
+        named = set(inspect.signature(nodes[node_id].validate_inputs).parameters)
+        assert named and all(i.io_type == "STRING" for i in schema.inputs if i.id in named)
     # widgets first, optional sockets last: widgets_values order is the same in every frontend version
     order = info["input_order"]["required"] + info["input_order"]["optional"]
     assert order == [i.id for i in schema.inputs]
@@ -243,18 +250,19 @@ def test_sampler_guidance_branch_modes_and_pads(nodes, core, model):
 @pytest.mark.parametrize("pad", ["1,2,3", "a,b,c,d", "-1,0,0,0", "1,2,3,4,5"])
 def test_sampler_rejects_bad_pads_at_validation(nodes, model, pad):
     cls = nodes["GenDRPixPadCFGSampler"]
-    msg = cls.validate_inputs(positive_pad=pad, negative_pad="auto", tiling="auto", tile_size=512, tile_overlap=64)
+    msg = cls.validate_inputs(positive_pad=pad, negative_pad="auto")
     assert isinstance(msg, str) and "left,right,top,bottom" in msg
     with pytest.raises(ValueError, match="custom validation failed"):
         comfy_stub.execute_node(cls, **sampler_inputs(rand_image(1, 8, 8, 3), model, negative_pad=pad))
 
 
-def test_sampler_rejects_overlap_not_below_fixed_tile(nodes):
-    cls = nodes["GenDRPixPadCFGSampler"]
-    assert "smaller than tile_size" in cls.validate_inputs(positive_pad="auto", negative_pad="auto", tiling="fixed",
-                                                            tile_size=64, tile_overlap=64)
-    assert cls.validate_inputs(positive_pad="auto", negative_pad="auto", tiling="auto", tile_size=64,
-                               tile_overlap=64) is True
+def test_sampler_rejects_overlap_not_below_fixed_tile(nodes, model):
+    with pytest.raises(ValueError, match="overlap=64 must be smaller than tile=64"):
+        comfy_stub.execute_node(nodes["GenDRPixPadCFGSampler"], **sampler_inputs(
+            rand_image(1, 48, 48, 3), model, tiling="fixed", tile_size=64, tile_overlap=64))
+    with pytest.raises(ValueError, match="tile_size: 32 smaller than min 64"):
+        comfy_stub.execute_node(nodes["GenDRPixPadCFGSampler"], **sampler_inputs(
+            rand_image(1, 48, 48, 3), model, tiling="fixed", tile_size=32))
 
 
 def test_sampler_tiling_matches_whole_image(nodes, model):
@@ -440,3 +448,17 @@ def test_benchmark_reports_and_plots(nodes, model, core):
     events = comfy.utils.PROGRESS_EVENTS
     assert events and events[-1][1] == events[-1][2]
     assert "expected output sides" in cls.validate_inputs(sizes="big")
+
+
+# ----------------------------------------------------------------------------- gendr_core additions for the nodes
+
+
+def test_tile_count_matches_tiled_apply_and_rejects_wide_overlap(core):
+    from gendr_core.ops.tiling import tile_count, tiled_apply
+
+    for h, w, tile, overlap, align in ((100, 100, 64, 16, 8), (128, 96, 64, 16, 16), (50, 300, 48, 0, 16)):
+        calls: list[int] = []
+        tiled_apply(lambda t: t, torch.zeros(1, 1, h, w), tile, overlap, align, progress=lambda d, t, c=calls: c.append(t))
+        assert tile_count(h, w, tile, overlap, align) == len(calls) == calls[-1]
+    with pytest.raises(ValueError, match="overlap=64 must be smaller than tile=64"):
+        tile_count(1000, 1000, 64, 64, 16)  # would otherwise never finish

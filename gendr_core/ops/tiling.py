@@ -51,7 +51,10 @@ def _ramp(n: int, overlap: int, ramp_start: bool, ramp_end: bool, device, dtype)
 
 def aligned_tile(tile: int, overlap: int, align: int = 1) -> tuple[int, int]:
     """(tile, overlap) as :func:`tiled_apply` uses them: tile down, overlap up to multiples of ``align``."""
-    return max(align, tile // align * align), math.ceil(overlap / align) * align
+    tile, overlap = max(align, tile // align * align), math.ceil(overlap / align) * align
+    if overlap >= tile:
+        raise ValueError(f"overlap={overlap} must be smaller than tile={tile} (after aligning to {align})")
+    return tile, overlap
 
 
 def tile_count(h: int, w: int, tile: int, overlap: int, align: int = 1) -> int:
@@ -74,8 +77,6 @@ def tiled_apply(
     smaller than ``tile``.
     """
     tile, overlap = aligned_tile(tile, overlap, align)
-    if overlap >= tile:
-        raise ValueError(f"overlap={overlap} must be smaller than tile={tile} (after aligning to {align})")
     h, w = x.shape[-2:]
     ys, xs = tile_spans(h, tile, overlap), tile_spans(w, tile, overlap)
     out = None

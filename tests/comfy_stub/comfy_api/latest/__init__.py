@@ -9,7 +9,7 @@ from . import _ui as ui
 
 
 class ComfyExtension(ABC):
-    async def on_load(self) -> None:
+    async def on_load(self) -> None:  # noqa: B027 - optional hook, as in ComfyUI
         """Called once when ComfyUI loads the extension."""
 
     @abstractmethod
