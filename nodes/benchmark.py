@@ -137,7 +137,8 @@ class GenDRPixBenchmark(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, model, sizes, scale, guidance, repeats, compare_model=None) -> io.NodeOutput:
+    def execute(cls, model: OneStepRestorer, sizes: str, scale: float, guidance: float, repeats: int,
+                compare_model: OneStepRestorer | None = None) -> io.NodeOutput:
         models = {model.kind: model} | ({f"{compare_model.kind} (cmp)": compare_model} if compare_model else {})
         rows = run_benchmark(models, parse_sizes(sizes), scale, guidance, repeats, comfy_progress())
         report = format_report(rows)

@@ -51,7 +51,8 @@ class GenDRPixRandPad(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, image, model, scale, passes, seed, tiling, tile_size, tile_overlap, mask=None) -> io.NodeOutput:
+    def execute(cls, image: Tensor, model: OneStepRestorer, scale: float, passes: int, seed: int, tiling: str,
+                tile_size: int, tile_overlap: int, mask: Tensor | None = None) -> io.NodeOutput:
         rgb, alpha_mask = split_alpha(image)
         x = bhwc_to_bchw(rgb)  # (B,H,W,3) -> (B,3,H,W)
         tile = tile_arg(tiling, tile_size)
@@ -104,7 +105,8 @@ class GenDRPixFixMod(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, image, reference, strength, model=None) -> io.NodeOutput:
+    def execute(cls, image: Tensor, reference: Tensor, strength: float,
+                model: OneStepRestorer | None = None) -> io.NodeOutput:
         y = bhwc_to_bchw(split_alpha(image)[0])  # (B,H,W,3) -> (B,3,H,W)
         ref = match_reference(bhwc_to_bchw(split_alpha(reference)[0]), y)
         out = fixmod(y, ref, strength, model).clamp(0.0, 1.0)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import comfy.model_management as mm
 from comfy_api.latest import io
+from torch import Tensor
 
+from ..gendr_core.models import OneStepRestorer
 from ..gendr_core.pipeline import upscale
 from .memory import model_on_device, work_bytes
 from .progress import comfy_progress
@@ -92,8 +94,9 @@ class GenDRPixPadCFGSampler(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, image, model, scale, guidance, positive_pad, negative_pad, branch_mode, tiling, tile_size,
-                tile_overlap, positive=None, negative=None, mask=None) -> io.NodeOutput:
+    def execute(cls, image: Tensor, model: OneStepRestorer, scale: float, guidance: float, positive_pad: str,
+                negative_pad: str, branch_mode: str, tiling: str, tile_size: int, tile_overlap: int,
+                positive: list | None = None, negative: list | None = None, mask: Tensor | None = None) -> io.NodeOutput:
         rgb, alpha_mask = split_alpha(image)
         x = bhwc_to_bchw(rgb)  # (B,H,W,3) -> (B,3,H,W)
         cond = {"positive": conditioning_embedding(positive, "positive", x.shape[0]),
