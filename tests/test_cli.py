@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from gendr_core import save_model
+from gendr_core.cli import main
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.fixture
+def model_file(tmp_path, tiny_pix):
+    return str(save_model(tiny_pix, tmp_path / "tiny.safetensors"))
+
+
+def test_upscale_file_and_folder(tmp_path, model_file):
+    out = tmp_path / "one.png"
+    src = FIXTURES / "kodim23_crop96.png"
+    assert main(["upscale", str(src), "-o", str(out), "--model", model_file, "--scale", "2", "-q"]) == 0
+    assert Image.open(out).size == (192, 192)
+    folder = tmp_path / "outs"
+    assert main(["upscale", str(FIXTURES), "-o", str(folder), "--model", model_file, "--scale", "1.5",
+                 "--guidance", "1.8", "-q"]) == 0
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["kodim03_crop80x64_x1.5.png", "kodim19_gray64_x1.5.png", "kodim23_crop96_x1.5.png"]
+    assert Image.open(folder / "kodim19_gray64_x1.5.png").mode == "L"
+    assert Image.open(folder / "kodim03_crop80x64_x1.5.png").size == (120, 96)
+
+
+def test_never_overwrites_without_flag(tmp_path, model_file, capsys):
+    out = tmp_path / "o.png"
+    out.write_bytes(b"keep me")
+    rc = main(["upscale", str(FIXTURES / "kodim23_crop96.png"), "-o", str(out), "--model", model_file, "-q"])
+    assert rc == 2 and out.read_bytes() == b"keep me"
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--overwrite" in err and str(out) in err
+    assert main(["upscale", str(FIXTURES / "kodim23_crop96.png"), "-o", str(out), "--model", model_file, "-q",
+                 "--overwrite", "--scale", "1"]) == 0
+    assert Image.open(out).size == (96, 96)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["upscale", "missing.png"], "input not found: missing.png"),
+    (["upscale", str(FIXTURES / "kodim23_crop96.png"), "--model", "m.ckpt"], "pickle"),
+    (["upscale", str(FIXTURES / "kodim23_crop96.png"), "--scale", "0"], "scale=0"),
+])
+def test_bad_input_is_one_line_exit_2(tmp_path, args, needle, capsys, model_file):
+    if "m.ckpt" in args:
+        torch.save({"x": torch.zeros(1)}, tmp_path / "m.ckpt")
+        args = [a.replace("m.ckpt", str(tmp_path / "m.ckpt")) for a in args]
+    elif "--model" not in args:
+        args = args + ["--model", model_file]
+    rc = main(args + ["-o", str(tmp_path / "x.png"), "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and needle in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_inspect_json(model_file, capsys, tiny_pix):
+    assert main(["inspect", model_file, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["kind"] == "gendr_pix" and info["parameters"] == sum(p.numel() for p in tiny_pix.parameters())
