@@ -10,9 +10,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, field
 import types
 import typing
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from .errors import ConfigError

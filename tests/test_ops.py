@@ -140,7 +140,7 @@ def test_wavelet_decompose_sums_and_color_fix(gen):
 def test_tile_spans_cover_and_overlap():
     spans = tile_spans(300, 128, 32)
     assert spans[0][0] == 0 and spans[-1][1] == 300
-    for (a0, a1), (b0, _) in zip(spans, spans[1:]):
+    for (_a0, a1), (b0, _) in zip(spans, spans[1:], strict=False):
         assert a1 - b0 == 32 and b0 % 32 == 0
     assert tile_spans(100, 128, 32) == [(0, 100)]
 
