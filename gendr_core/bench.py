@@ -1,0 +1,732 @@
+"""``gendr-pix bench``: seconds and peak memory of one-step upscaling per output size.
+
+Each row times ``upscale(x, model, scale, guidance, tile="off")`` on a random input of
+output/scale pixels (model load excluded, warm-up runs first) and records the peak memory:
+
+* CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` (set after the
+  model is loaded, so the peak includes the weights; ``baseline_bytes`` is what the loaded
+  model holds, ``activation_bytes`` the difference).
+* CPU: the peak resident set of a fresh process per configuration (``python -m
+  gendr_core.bench --worker JSON``). On Linux the peak is ``VmHWM`` of /proc/self/status,
+  reset through /proc/self/clear_refs after the model is loaded: ``ru_maxrss`` of a child
+  started by ``subprocess`` (vfork + exec) already holds the parent's peak, so it is only
+  reported as ``ru_maxrss_bytes`` for reference (and used where /proc is absent).
+
+``compare=True`` adds, per size, the GenDR latent pipeline (16-channel f8 VAE + a UNet with
+the same block layout and 16 in/out channels) and the ratios time_latent/time_pix and
+peak_pix/peak_latent (GenDR-Pix's headline: 2.8x faster, -60 % memory at 4K on a GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import (
+    DFOSDConfig,
+    GenDRConfig,
+    GenDRPixConfig,
+    ModelConfig,
+    UNetConfig,
+    VAEConfig,
+    tiny_gendr_config,
+    tiny_gendr_pix_config,
+    vae16_config,
+)
+from .errors import ConfigError, GenDRPixError
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+RANDOM_WEIGHTS = "random (timing only)"
+RESULT_PREFIX = "GENDR_BENCH_RESULT "
+PIPELINE_NAMES = {"gendr_pix": "gendr_pix", "gendr": "gendr_latent", "dfosd": "dfosd_latent"}
+
+
+# ----------------------------------------------------------------------------- model presets
+
+
+def gendr_pix_s_config() -> GenDRPixConfig:
+    """Architecture of the shipped gendr-pix-s: the config in its asset file when present, else
+    the recipe of trainers/configs/gendr_pix_s.json (block_out (64,128,160), 2 layers, attention
+    only at the coarsest level)."""
+    from .checkpoint import BUILTIN_MODELS, DEFAULT_MODEL_NAME, read_header
+
+    asset = BUILTIN_MODELS[DEFAULT_MODEL_NAME]
+    if asset.exists():
+        _, config, _ = read_header(asset)
+        if isinstance(config, GenDRPixConfig):
+            return config
+    unet = UNetConfig(
+        in_channels=192,
+        out_channels=192,
+        block_out_channels=(64, 128, 160),
+        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        mid_block_type="UNetMidBlock2DCrossAttn",
+        layers_per_block=2,
+        attention_head_dim=(1, 2, 2),
+        cross_attention_dim=64,
+        norm_num_groups=32,
+        sample_size=32,
+    )
+    return GenDRPixConfig(unet=unet, alpha=1.0, beta=1.0, prompt_tokens=8)
+
+
+RANDOM_PRESETS: dict[str, Callable[[], ModelConfig]] = {
+    "gendr-pix-sd21": GenDRPixConfig,  # paper size: SD2.1 UNet with 192-channel I/O (866M)
+    "gendr-pix-s": gendr_pix_s_config,
+    "tiny": tiny_gendr_pix_config,
+    "gendr-sd21": GenDRConfig,  # the latent GenDR teacher at paper size (UNet 866M + VAE16 57M)
+    "dfosd-sd21": DFOSDConfig,
+    "tiny-gendr": tiny_gendr_config,
+}
+
+
+def reduced_unet_config(channels: Sequence[int], base: UNetConfig | None = None) -> UNetConfig:
+    """SD2.1 UNet layout (``base``) with other ``block_out_channels``; heads keep SD2.1's 64 channels."""
+    base = base or UNetConfig()
+    channels = tuple(int(c) for c in channels)
+    if len(channels) != len(base.block_out_channels):
+        raise ConfigError(f"unet channels {channels} must have {len(base.block_out_channels)} entries like "
+                          f"{base.block_out_channels}")
+    return base.replace(block_out_channels=channels, attention_head_dim=tuple(max(1, c // 64) for c in channels))
+
+
+def reduced_vae_config(channels: Sequence[int]) -> VAEConfig:
+    """GenDR's VAE16 layout (ostris/vae-kl-f8-d16) with other ``block_out_channels``."""
+    channels = tuple(int(c) for c in channels)
+    return vae16_config().replace(block_out_channels=channels)
+
+
+@dataclass(frozen=True)
+class ModelRecipe:
+    """What a worker builds: a model file, or a config with seeded random weights."""
+
+    pipeline: str
+    kind: str
+    config: str  # the config as JSON
+    path: str | None = None
+    weights: str = RANDOM_WEIGHTS
+
+
+def resolve_model(spec: str, unet_config: UNetConfig | None = None) -> ModelRecipe:
+    """``random:<preset>`` (presets: see ``RANDOM_PRESETS``), a model file or a built-in name.
+
+    ``unet_config`` replaces the UNet block layout of a random preset (its in/out channels
+    are kept); it cannot change a model file.
+    """
+    from .checkpoint import read_header, resolve_model_path
+
+    if spec.startswith("random:"):
+        name = spec.split(":", 1)[1]
+        if name not in RANDOM_PRESETS:
+            raise ConfigError(f"model {spec!r}: unknown preset {name!r}; use one of "
+                              f"{', '.join('random:' + k for k in RANDOM_PRESETS)}, a model file or a built-in name")
+        config = RANDOM_PRESETS[name]()
+        if unet_config is not None:
+            config = config.replace(unet=unet_config.replace(in_channels=config.unet.in_channels,
+                                                             out_channels=config.unet.out_channels))
+        kind = {GenDRPixConfig: "gendr_pix", GenDRConfig: "gendr", DFOSDConfig: "dfosd"}[type(config)]
+        return ModelRecipe(PIPELINE_NAMES[kind], kind, config.to_json())
+    if unet_config is not None:
+        raise ConfigError(f"a UNet override (--unet-channels) needs a random:<preset> model, not {spec!r}")
+    path = resolve_model_path(spec)
+    kind, config, _ = read_header(path)
+    return ModelRecipe(PIPELINE_NAMES[kind], kind, config.to_json(), str(path), str(path))
+
+
+def latent_counterpart(pix: ModelRecipe, vae_config: VAEConfig | None = None) -> ModelRecipe:
+    """The GenDR latent pipeline with the same UNet blocks: VAE (default VAE16) + 16-channel UNet I/O."""
+    if pix.kind != "gendr_pix":
+        raise ConfigError(f"compare needs a GenDR-Pix model to compare against GenDR, got a {pix.kind} model")
+    cfg = GenDRPixConfig.from_json(pix.config)
+    vae = vae_config or vae16_config()
+    lat = vae.latent_channels
+    latent = GenDRConfig(unet=cfg.unet.replace(in_channels=lat, out_channels=lat), vae=vae,
+                         timestep=cfg.timestep, alpha=cfg.alpha, beta=cfg.beta, prompt_tokens=cfg.prompt_tokens,
+                         pos_pad=cfg.pos_pad, neg_pad=cfg.neg_pad)
+    return ModelRecipe("gendr_latent", "gendr", latent.to_json())
+
+
+# ----------------------------------------------------------------------------- config and results
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One benchmark run. ``sizes`` are OUTPUT sizes as (width, height) in pixels."""
+
+    model: str = "random:gendr-pix-s"
+    sizes: tuple[tuple[int, int], ...] = ((512, 512), (1024, 1024))
+    scale: float = 4.0
+    guidance: float = 1.0
+    branch_mode: str = "batched"
+    device: str | None = None
+    dtype: str | None = None
+    repeats: int = 3
+    warmup: int = 1
+    compare: bool = False
+    unet_config: UNetConfig | None = None
+    vae_config: VAEConfig | None = None
+    fresh_process_on_cpu: bool = True
+    threads: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sizes", tuple((int(w), int(h)) for w, h in self.sizes))
+        if not self.sizes:
+            raise ConfigError("BenchConfig.sizes must name at least one output size")
+        for w, h in self.sizes:
+            if min(w, h) < 1 or round(w / self.scale) < 1 or round(h / self.scale) < 1:
+                raise ConfigError(f"output size {w}x{h} at scale {self.scale} gives an empty input")
+        if not self.scale > 0:
+            raise ConfigError(f"scale={self.scale} must be > 0")
+        if self.branch_mode not in ("batched", "sequential"):
+            raise ConfigError(f"branch_mode={self.branch_mode!r} must be 'batched' or 'sequential'")
+        if self.repeats < 1 or self.warmup < 0:
+            raise ConfigError(f"repeats={self.repeats} must be >= 1 and warmup={self.warmup} >= 0")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads={self.threads} must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["sizes"] = [list(s) for s in self.sizes]
+        for k in ("unet_config", "vae_config"):
+            d[k] = d[k].to_dict() if d[k] is not None else None
+        return d
+
+
+@dataclass
+class BenchRow:
+    """One (pipeline, output size) measurement. Sizes are [width, height]; bytes may be None."""
+
+    pipeline: str
+    kind: str
+    weights: str
+    output_size: list[int]
+    input_size: list[int]
+    output_megapixels: float
+    seconds_median: float
+    seconds_min: float
+    seconds: list[float]
+    peak_bytes: int | None
+    baseline_bytes: int | None
+    activation_bytes: int | None
+    memory_method: str
+    device: str
+    dtype: str
+    parameters: int
+    unet_parameters: int
+    vae_parameters: int
+    estimated_bytes: int
+    output_shape: list[int]
+    load_peak_bytes: int | None = None
+    ru_maxrss_bytes: int | None = None
+    threads: int | None = None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def compare_rows(pix: BenchRow | dict[str, Any], latent: BenchRow | dict[str, Any]) -> dict[str, Any]:
+    """Ratios for one output size: time_latent/time_pix (> 1: GenDR-Pix is faster) and
+    peak_pix/peak_latent (< 1: GenDR-Pix needs less; ``memory_reduction`` = 1 - ratio)."""
+    p = dataclasses.asdict(pix) if isinstance(pix, BenchRow) else pix
+    q = dataclasses.asdict(latent) if isinstance(latent, BenchRow) else latent
+    if p["output_size"] != q["output_size"]:
+        raise ValueError(f"rows differ in output size: {p['output_size']} vs {q['output_size']}")
+    mem = _ratio(p["peak_bytes"], q["peak_bytes"])
+    return {
+        "output_size": p["output_size"],
+        "speedup": _ratio(q["seconds_median"], p["seconds_median"]),  # time_latent / time_pix
+        "time_ratio_latent_over_pix": _ratio(q["seconds_median"], p["seconds_median"]),
+        "peak_ratio_pix_over_latent": mem,
+        "memory_reduction": None if mem is None else 1.0 - mem,
+        "activation_ratio_pix_over_latent": _ratio(p["activation_bytes"], q["activation_bytes"]),
+    }
+
+
+def _mib(b: int | None) -> str:
+    return "-" if b is None else f"{b / 2**20:.0f}"
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
+    """``write(tmp)`` then ``os.replace(tmp, path)``: a failure leaves any old file as it was."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _write_text(tmp: str, text: str) -> None:
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@dataclass
+class BenchResult:
+    config: dict[str, Any]
+    rows: list[BenchRow]
+    comparisons: list[dict[str, Any]] = field(default_factory=list)
+    models: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    created: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["rows"] = [dataclasses.asdict(r) for r in self.rows]
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False)
+
+    def table(self) -> str:
+        """The rows, then the comparisons, as fixed-width text."""
+        lines = [f"{'pipeline':<13} {'output':>10} {'input':>9} {'median s':>9} {'min s':>8} "
+                 f"{'peak MiB':>9} {'base MiB':>9} {'act MiB':>8}"]
+        for r in self.rows:
+            lines.append(f"{r.pipeline:<13} {'x'.join(map(str, r.output_size)):>10} "
+                         f"{'x'.join(map(str, r.input_size)):>9} {r.seconds_median:>9.3f} {r.seconds_min:>8.3f} "
+                         f"{_mib(r.peak_bytes):>9} {_mib(r.baseline_bytes):>9} {_mib(r.activation_bytes):>8}")
+        if self.comparisons:
+            lines += ["", f"{'output':>10} {'t_latent/t_pix':>15} {'peak pix/latent':>16} {'memory':>8} "
+                          f"{'act pix/latent':>15}"]
+            for c in self.comparisons:
+                red = c["memory_reduction"]
+                lines.append(f"{'x'.join(map(str, c['output_size'])):>10} {_fmt(c['speedup'], 'x'):>15} "
+                             f"{_fmt(c['peak_ratio_pix_over_latent']):>16} "
+                             f"{'-' if red is None else f'{-100 * red:+.0f}%':>8} "
+                             f"{_fmt(c['activation_ratio_pix_over_latent']):>15}")
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def write(
+        self, path_json: str | os.PathLike, path_png: str | os.PathLike | None = None
+    ) -> tuple[Path, Path | None]:
+        """Atomic JSON write, then the plot (skipped with an info log without matplotlib)."""
+        text = self.to_json()
+        out_json = _atomic_write(Path(path_json), lambda tmp: _write_text(tmp, text))
+        out_png = None
+        if path_png is not None:
+            out_png = plot_result(self, Path(path_png))
+        return out_json, out_png
+
+
+def _fmt(v: float | None, suffix: str = "") -> str:
+    return "-" if v is None else f"{v:.2f}{suffix}"
+
+
+def plot_result(result: BenchResult, path: Path) -> Path | None:
+    """Seconds and peak memory vs output megapixels, one line per pipeline (atomic PNG write)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        logger.info("matplotlib is not installed; skipping the plot %s (pip install matplotlib)", path)
+        return None
+    fig = Figure(figsize=(10, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax_t, ax_m = fig.subplots(1, 2)
+    for name in dict.fromkeys(r.pipeline for r in result.rows):
+        rows = sorted((r for r in result.rows if r.pipeline == name), key=lambda r: r.output_megapixels)
+        mp = [r.output_megapixels for r in rows]
+        ax_t.plot(mp, [r.seconds_median for r in rows], marker="o", label=name)
+        mem = [(r.output_megapixels, r.peak_bytes / 2**30) for r in rows if r.peak_bytes is not None]
+        if mem:
+            ax_m.plot(*zip(*mem, strict=True), marker="o", label=name)
+    ax_t.set(xlabel="output megapixels", ylabel="seconds (median)", title="time")
+    method = result.rows[0].memory_method if result.rows else ""
+    ax_m.set(xlabel="output megapixels", ylabel="peak memory (GiB)", title=f"peak memory ({method})")
+    if not any(r.peak_bytes is not None for r in result.rows):
+        ax_m.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax_m.transAxes)
+    for ax in (ax_t, ax_m):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    weights = {r.weights for r in result.rows}
+    fig.suptitle(f"{result.config.get('model')} on {result.rows[0].device if result.rows else '?'}"
+                 + (" - random weights" if RANDOM_WEIGHTS in weights else ""))
+    fig.tight_layout()
+    return _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def _proc_status_bytes(field_name: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _ru_maxrss_bytes() -> int | None:
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(r if sys.platform == "darwin" else r * 1024)  # bytes on macOS, kB on Linux
+
+
+def _reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _build(recipe: dict[str, Any], device: torch.device, dtype: torch.dtype, seed: int):
+    from .checkpoint import load_model
+    from .models.restorer import CONFIG_CLASSES, build_model
+
+    if recipe["path"]:
+        return load_model(recipe["path"], device=device, dtype=dtype)
+    config = CONFIG_CLASSES[recipe["kind"]].from_json(recipe["config"])
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = build_model(config)
+    return model.to(dtype=dtype).eval().requires_grad_(False)
+
+
+def measure(job: dict[str, Any], memory: str) -> dict[str, Any]:
+    """Build the job's model, time ``upscale`` and measure memory ("cuda", "rss" or "none")."""
+    from .checkpoint import default_dtype, parse_dtype
+    from .pipeline import upscale
+
+    if job.get("threads"):
+        torch.set_num_threads(int(job["threads"]))
+    device = torch.device(job["device"])
+    dtype = parse_dtype(job["dtype"]) or default_dtype(device)
+    cuda = device.type == "cuda"
+    model = _build(job["recipe"], device, dtype, job["seed"])
+    load_peak = baseline = None
+    if cuda:
+        torch.cuda.synchronize(device)
+        baseline = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    elif memory == "rss":
+        gc.collect()
+        load_peak = _proc_status_bytes("VmHWM") or _ru_maxrss_bytes()
+        baseline = _proc_status_bytes("VmRSS")
+        if not _reset_peak_rss():
+            logger.warning("cannot reset the peak RSS here; the CPU peak includes model loading")
+    w_out, h_out = job["size"]
+    w_in, h_in = max(1, round(w_out / job["scale"])), max(1, round(h_out / job["scale"]))
+    x = torch.rand(1, 3, h_in, w_in, generator=torch.Generator().manual_seed(job["seed"])).to(device)
+    times, y = [], None
+    for i in range(job["warmup"] + job["repeats"]):
+        t0 = time.perf_counter()
+        y = upscale(x, model, job["scale"], job["guidance"], tile="off", branch_mode=job["branch_mode"])
+        if cuda:
+            torch.cuda.synchronize(device)
+        if i >= job["warmup"]:
+            times.append(time.perf_counter() - t0)
+    peak = None
+    method = "none (in-process CPU run)"
+    if cuda:
+        peak, method = torch.cuda.max_memory_allocated(device), "cuda_max_memory_allocated"
+    elif memory == "rss":
+        peak = _proc_status_bytes("VmHWM")
+        method = "fresh_process_vmhwm"
+        if peak is None:
+            peak, method = _ru_maxrss_bytes(), "fresh_process_ru_maxrss"
+    m = model.pad_multiple
+    ph, pw = -(-y.shape[-2] // m) * m, -(-y.shape[-1] // m) * m
+    passes = 2 if job["guidance"] != 1.0 and job["branch_mode"] == "batched" else 1
+    vae = getattr(model, "vae", None)
+    return {
+        "pipeline": job["recipe"]["pipeline"],
+        "kind": model.kind,
+        "weights": job["recipe"]["weights"],
+        "output_size": [int(y.shape[-1]), int(y.shape[-2])],
+        "input_size": [w_in, h_in],
+        "output_megapixels": y.shape[-1] * y.shape[-2] / 1e6,
+        "seconds_median": statistics.median(times),
+        "seconds_min": min(times),
+        "seconds": times,
+        "peak_bytes": peak,
+        "baseline_bytes": baseline,
+        "activation_bytes": None if peak is None or baseline is None else peak - baseline,
+        "memory_method": method,
+        "device": str(device),
+        "dtype": str(dtype).replace("torch.", ""),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "unet_parameters": sum(p.numel() for p in model.unet.parameters()),
+        "vae_parameters": sum(p.numel() for p in vae.parameters()) if vae is not None else 0,
+        "estimated_bytes": int(model.estimate_bytes(ph, pw, passes)),
+        "output_shape": list(y.shape),
+        "load_peak_bytes": load_peak,
+        "ru_maxrss_bytes": _ru_maxrss_bytes() if memory == "rss" else None,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _worker_main(spec: str) -> int:
+    """``python -m gendr_core.bench --worker JSON``: one configuration, result as JSON on stdout."""
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    job = json.loads(spec)
+    with torch.no_grad():
+        result = measure(job, "rss")
+    sys.stdout.write(RESULT_PREFIX + json.dumps(result) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+def run_worker(job: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+    """Run one job in a fresh Python process and return its result dict."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[1])  # so `-m gendr_core.bench` imports this copy
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    cmd = [sys.executable, "-m", "gendr_core.bench", "--worker", json.dumps(job)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False)
+    if proc.stderr:
+        logger.debug("bench worker stderr:\n%s", proc.stderr)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
+    if proc.returncode != 0 or not lines:
+        why = "killed (out of memory?)" if proc.returncode in (-9, 137) else f"exit status {proc.returncode}"
+        tail = "\n".join(proc.stderr.strip().splitlines()[-8:])
+        raise GenDRPixError(f"bench worker for {job['recipe']['pipeline']} {job['size'][0]}x{job['size'][1]} "
+                            f"failed ({why}):\n{tail}")
+    return json.loads(lines[-1][len(RESULT_PREFIX):])
+
+
+# ----------------------------------------------------------------------------- the benchmark
+
+
+def _environment(device: torch.device) -> dict[str, Any]:
+    import diffusers
+
+    env = {"python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
+           "diffusers": diffusers.__version__, "cpu_count": os.cpu_count(),
+           "torch_threads_default": torch.get_num_threads()}  # the rows record each run's own threads
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def _describe_model(recipe: ModelRecipe, spec: str) -> dict[str, Any]:
+    return {"source": spec, "kind": recipe.kind, "weights": recipe.weights, "config": json.loads(recipe.config)}
+
+
+def run_bench_config(cfg: BenchConfig, progress: Progress | None = None) -> BenchResult:
+    """Run the benchmark that ``cfg`` describes; see :func:`run_benchmark`."""
+    device = torch.device(cfg.device) if cfg.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    pix = resolve_model(cfg.model, cfg.unet_config)
+    recipes = [pix]
+    notes: list[str] = []
+    models = {pix.pipeline: _describe_model(pix, cfg.model)}
+    if cfg.compare:
+        latent = latent_counterpart(pix, cfg.vae_config)
+        recipes.append(latent)
+        models[latent.pipeline] = _describe_model(latent, "GenDR latent pipeline with the same UNet blocks")
+        vae = cfg.vae_config or vae16_config()
+        if vae != vae16_config():
+            notes.append(f"latent pipeline VAE reduced to block_out_channels {vae.block_out_channels} "
+                         f"(GenDR's VAE16: {vae16_config().block_out_channels}, latent {vae.latent_channels} "
+                         f"channels, f{vae.downsample_factor}); ratios are for this reduced pair, not the paper models")
+    if cfg.unet_config is not None:
+        notes.append(f"UNet block_out_channels reduced to {cfg.unet_config.block_out_channels} (SD2.1: "
+                     f"{UNetConfig().block_out_channels}) in every pipeline")
+    if any(r.weights == RANDOM_WEIGHTS for r in recipes):
+        notes.append("random weights: timings and memory only, outputs are meaningless")
+    fresh = device.type == "cpu" and cfg.fresh_process_on_cpu
+    jobs = [{"recipe": dataclasses.asdict(r), "size": list(size), "scale": cfg.scale, "guidance": cfg.guidance,
+             "branch_mode": cfg.branch_mode, "device": str(device), "dtype": cfg.dtype, "repeats": cfg.repeats,
+             "warmup": cfg.warmup, "threads": cfg.threads, "seed": cfg.seed}
+            for size in cfg.sizes for r in recipes]
+    rows: list[BenchRow] = []
+    by_job: dict[tuple[str, tuple[int, int]], BenchRow] = {}
+    for i, job in enumerate(jobs):
+        logger.info("bench %s at %dx%d (%d/%d)%s", job["recipe"]["pipeline"], *job["size"], i + 1, len(jobs),
+                    " in a fresh process" if fresh else "")
+        if fresh:
+            out = run_worker(job)
+        else:
+            with torch.no_grad():
+                out = measure(job, "cuda" if device.type == "cuda" else "none")
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        rows.append(BenchRow(**out))
+        by_job[(job["recipe"]["pipeline"], tuple(job["size"]))] = rows[-1]
+        if progress:
+            progress(i + 1, len(jobs))
+    comparisons = []
+    if cfg.compare:
+        comparisons = [compare_rows(by_job[(pix.pipeline, size)], by_job[("gendr_latent", size)])
+                       for size in dict.fromkeys(cfg.sizes)]
+    return BenchResult(config=cfg.to_dict(), rows=rows, comparisons=comparisons, models=models,
+                       environment=_environment(device), notes=notes,
+                       created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+def run_benchmark(
+    model_spec: str = "random:gendr-pix-s",
+    sizes: Sequence[tuple[int, int]] = ((512, 512), (1024, 1024)),
+    scale: float = 4.0,
+    guidance: float = 1.0,
+    branch_mode: str = "batched",
+    device: str | None = None,
+    dtype: str | None = None,
+    repeats: int = 3,
+    warmup: int = 1,
+    compare: bool = False,
+    unet_config: UNetConfig | None = None,
+    fresh_process_on_cpu: bool = True,
+    progress: Progress | None = None,
+    *,
+    vae_config: VAEConfig | None = None,
+    threads: int | None = None,
+    seed: int = 0,
+) -> BenchResult:
+    """Median/min seconds and peak memory of ``upscale(..., tile="off")`` per OUTPUT size (width, height).
+
+    ``model_spec``: a model file, a built-in name, or ``random:<preset>`` (gendr-pix-sd21,
+    gendr-pix-s, tiny, gendr-sd21, dfosd-sd21, tiny-gendr). ``unet_config`` replaces the UNet
+    block layout of a random preset (e.g. :func:`reduced_unet_config` for CPU runs);
+    ``compare`` adds the GenDR latent pipeline (VAE ``vae_config``, default VAE16) and ratios.
+    ``progress(done, total)`` is called after every configuration.
+    """
+    cfg = BenchConfig(model=model_spec, sizes=tuple(sizes), scale=scale, guidance=guidance, branch_mode=branch_mode,
+                      device=device, dtype=dtype, repeats=repeats, warmup=warmup, compare=compare,
+                      unet_config=unet_config, vae_config=vae_config, fresh_process_on_cpu=fresh_process_on_cpu,
+                      threads=threads, seed=seed)
+    return run_bench_config(cfg, progress)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """'512x512,3840x2160' (or '1024' for a square) -> [(512, 512), (3840, 2160)] as (width, height)."""
+    sizes = []
+    for item in text.replace(" ", "").split(","):
+        if not item:
+            continue
+        parts = item.lower().split("x")
+        try:
+            w, h = (int(parts[0]), int(parts[0])) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
+        except (ValueError, IndexError):
+            raise ValueError(f"--sizes item {item!r}: expected WIDTHxHEIGHT such as 3840x2160, or one side") from None
+        if len(parts) > 2 or min(w, h) < 1:
+            raise ValueError(f"--sizes item {item!r}: expected WIDTHxHEIGHT with positive sides")
+        sizes.append((w, h))
+    if not sizes:
+        raise ValueError(f"--sizes {text!r}: no sizes given")
+    return sizes
+
+
+def _channels(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(int(c) for c in text.split(","))
+    except ValueError:
+        raise ValueError(f"channel list {text!r}: expected comma-separated integers such as 64,128,256,256") from None
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``gendr-pix bench``."""
+    parser.add_argument("--model", default="random:gendr-pix-s",
+                        help="model file, built-in name, or random:<preset> (" + ", ".join(RANDOM_PRESETS)
+                             + "); default random:gendr-pix-s")
+    parser.add_argument("--sizes", default="512x512,1024x1024",
+                        help="OUTPUT sizes WIDTHxHEIGHT, comma-separated (default 512x512,1024x1024)")
+    parser.add_argument("--scale", type=float, default=4.0, help="upscaling factor; input = output/scale")
+    parser.add_argument("--guidance", type=float, default=1.0, help="PadCFG scale (1.0 = one pass)")
+    parser.add_argument("--branch-mode", choices=("batched", "sequential"), default="batched")
+    parser.add_argument("--compare", action="store_true",
+                        help="also run the GenDR latent pipeline (VAE16 + same UNet blocks) and print ratios")
+    parser.add_argument("--unet-channels", default=None,
+                        help="UNet block_out_channels for random presets, e.g. 64,128,256,256 (SD2.1 layout)")
+    parser.add_argument("--vae-channels", default=None,
+                        help="VAE block_out_channels of the latent pipeline (VAE16 layout), e.g. 32,32,64,128; "
+                             "default: VAE16's 128,128,256,512")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (median reported)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs first")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--in-process", action="store_true",
+                        help="on CPU, run in this process (no fresh process: peak memory is not measured)")
+    parser.add_argument("--out", default="bench_results", help="folder for bench_<timestamp>.json/.png")
+
+
+def run_bench_command(args: argparse.Namespace) -> int:
+    """Run ``gendr-pix bench``: print the table, write ``<out>/bench_<timestamp>.json`` and ``.png``."""
+    from tqdm.auto import tqdm
+
+    unet_ch, vae_ch = _channels(args.unet_channels), _channels(args.vae_channels)
+    bar = tqdm(total=0, unit="config", desc="bench")
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    result = run_benchmark(
+        args.model, parse_sizes(args.sizes), args.scale, args.guidance, args.branch_mode, args.device,
+        None if args.dtype == "auto" else args.dtype, args.repeats, args.warmup, args.compare,
+        reduced_unet_config(unet_ch) if unet_ch else None, not args.in_process, progress,
+        vae_config=reduced_vae_config(vae_ch) if vae_ch else None, threads=args.threads)
+    bar.close()
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out)
+    path_json, path_png = result.write(out / f"bench_{stamp}.json", out / f"bench_{stamp}.png")
+    sys.stdout.write(result.table() + "\n")
+    sys.stdout.write(f"wrote {path_json}" + (f" and {path_png}" if path_png else "") + "\n")
+    return 0
+
+
+def main_bench(argv: Sequence[str] | None = None) -> int:
+    """Stand-alone ``python -m gendr_core.bench [args]`` (the same arguments as ``gendr-pix bench``)."""
+    ap = argparse.ArgumentParser(prog="gendr-pix bench", description=__doc__.split("\n", 1)[0])
+    add_bench_arguments(ap)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        return run_bench_command(args)
+    except (GenDRPixError, ValueError, FileNotFoundError) as exc:
+        sys.stderr.write(f"gendr-pix bench: error: {exc}\n")
+        return 2
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        raise SystemExit(_worker_main(sys.argv[2]))
+    raise SystemExit(main_bench())
