@@ -140,7 +140,8 @@ class _LatentOneStep(OneStepRestorer):
         act = estimate_unet_activation_bytes(self.config.unet, h // f, w // f, batch, el)
         if self.config.vae_tile > 0:
             h = w = self.config.vae_tile
-        vae = sum(self.config.vae.block_out_channels) * batch * h * w * el * 3  # decoder's full-res levels
+        # decoder levels at full resolution; factor calibrated with `gendr-pix bench --compare` (1024^2, CPU)
+        vae = sum(self.config.vae.block_out_channels) * batch * h * w * el
         return max(act, vae) + 4 * batch * 3 * h * w * 4
 
 
