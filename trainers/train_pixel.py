@@ -317,19 +317,16 @@ def train(cfg: PixelTrainConfig, resume: bool = True, stop_after: int | None = N
         lr = batch["lr"].to(acc.device)
         b = hr.shape[0]
         x = resize(lr, tuple(hr.shape[-2:]), "bicubic")  # LR on the output grid
-        k = int(round(cfg.loss.neg_fraction * b)) if b > 1 else 0
-        target = hr
-        cond = unwrapped.prompt_pos.expand(b, -1, -1)
-        if k:
-            lo, hi = cfg.loss.neg_blur_sigma
-            sig = lo + (hi - lo) * torch.rand(k, generator=gen)
-            target = torch.cat([hr[: b - k], gaussian_blur(hr[b - k :], sig.to(hr.device))])
-            cond = torch.cat([cond[: b - k], unwrapped.prompt_neg.expand(k, -1, -1)])
+        # The whole batch trains the generator on HQ targets with the positive embedding.
+        # k extra samples train ONLY the negative embedding (autograd.grad w.r.t. prompt_neg)
+        # towards blurred targets, so the UNet never learns to blur (which cost PSNR when the
+        # negative samples shared the generator update).
+        k = min(b, int(round(cfg.loss.neg_fraction * b)))
         with acc.autocast():
-            y = model(x, cond)
+            y = model(x, unwrapped.prompt_pos.expand(b, -1, -1))
         y = y.float()
-        yp, hp = y[: b - k], hr[: b - k]
-        losses = {"l1": l1_loss(y, target) * cfg.loss.l1}
+        yp, hp = y, hr
+        losses = {"l1": l1_loss(y, hr) * cfg.loss.l1}
         if cfg.loss.mfs:
             losses["mfs"] = cfg.loss.mfs * masked_fourier_loss(yp, hp, half_width=cfg.loss.mfs_half_width)
         if perceptual is not None:
@@ -341,6 +338,16 @@ def train(cfg: PixelTrainConfig, resume: bool = True, stop_after: int | None = N
         loss = sum(losses.values())
         opt_g.zero_grad(set_to_none=True)
         acc.backward(loss)
+        if k:
+            lo, hi = cfg.loss.neg_blur_sigma
+            sig = lo + (hi - lo) * torch.rand(k, generator=gen)
+            blurred = gaussian_blur(hr[:k], sig.to(hr.device))
+            with acc.autocast():
+                y_neg = model(x[:k], unwrapped.prompt_neg.expand(k, -1, -1)).float()
+            neg_loss = l1_loss(y_neg, blurred)
+            (g_neg,) = torch.autograd.grad(neg_loss, [unwrapped.prompt_neg])
+            unwrapped.prompt_neg.grad = g_neg
+            losses["neg_l1"] = neg_loss.detach()
         if o.grad_clip:
             acc.clip_grad_norm_(model.parameters(), o.grad_clip)
         opt_g.step()
