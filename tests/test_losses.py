@@ -227,7 +227,7 @@ def test_dists_requires_weights_file_message() -> None:
     with pytest.raises(MissingDependencyError) as exc:
         DISTS(None)
     msg = str(exc.value)
-    assert "VGG16" in msg and "perceptual_weights" in msg and "downloaded" in msg and "convert-vgg" in msg
+    assert "VGG16" in msg and "perceptual_weights" in msg and "downloaded" in msg and "gendr-pix convert --vgg16" in msg
 
 
 def test_dists_missing_file_names_path(tmp_path: Path) -> None:
