@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from safetensors.torch import save_file
 
 from .config import ModelConfig
 from .errors import CheckpointFormatError, ConfigError
+from .fileio import atomic_write
 from .models.restorer import CONFIG_CLASSES, OneStepRestorer, build_model
 
 logger = logging.getLogger(__name__)
@@ -49,18 +49,7 @@ def save_model(
           for k, v in model.state_dict().items()}
     meta = {"format": "pt", KIND_KEY: model.kind, CONFIG_KEY: model.config.to_json(), VERSION_KEY: FORMAT_VERSION}
     meta.update(metadata or {})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(sd, tmp, metadata=meta)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta))
     logger.info("saved %s model to %s", model.kind, path)
     return path
 

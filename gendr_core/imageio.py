@@ -7,7 +7,6 @@ keep their precision), palette images. Files are written atomically.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from .errors import ImageInputError
+from .fileio import atomic_write
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -93,18 +93,10 @@ def load_image(path: str | os.PathLike) -> tuple[Tensor, Tensor | None, ImageInf
 def save_image_atomic(img: Image.Image, path: str | os.PathLike, **save_kwargs) -> Path:
     """Save ``img`` to a temp file beside ``path`` and rename: no half-written outputs."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise ImageInputError(f"{path}: unknown output image extension {path.suffix!r}")
     if fmt == "JPEG" and img.mode not in ("RGB", "L"):
         img = img.convert("RGB")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        img.save(tmp, format=fmt, **save_kwargs)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: img.save(tmp, format=fmt, **save_kwargs))
     return path
