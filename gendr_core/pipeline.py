@@ -116,7 +116,6 @@ def restore_grid(
     neg_pad = Pad(*(neg_pad or cfg.neg_pad))
     m = model.pad_multiple
     x = x.to(model.device)
-    passes = randpad if randpad else (1 if guidance == 1.0 or branch_mode == "batched" else 2)
     gen = torch.Generator("cpu").manual_seed(seed)
     tiles = {"done": 0, "total": 1}  # set before tiling so each branch/pass can report within its tile
 
@@ -147,7 +146,6 @@ def restore_grid(
         size = int(tile)
         if size < m:
             raise ValueError(f"tile={size} must be 0 (off), 'auto', or >= the model's pad multiple {m}")
-    del passes
     while True:
         try:
             tiles["done"] = 0

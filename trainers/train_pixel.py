@@ -182,10 +182,6 @@ def lr_at(step: int, o: OptimConfig) -> float:
     return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p))
 
 
-def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in model.state_dict().items()}
-
-
 @torch.no_grad()
 def ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float) -> None:
     """ema <- decay * ema + (1 - decay) * weights, for every floating tensor of the model."""
