@@ -29,7 +29,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +50,7 @@ from .config import (
     vae16_config,
 )
 from .errors import ConfigError, GenDRPixError
+from .fileio import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -268,20 +268,6 @@ def _mib(b: int | None) -> str:
     return "-" if b is None else f"{b / 2**20:.0f}"
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
-    """``write(tmp)`` then ``os.replace(tmp, path)``: a failure leaves any old file as it was."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _write_text(tmp: str, text: str) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
@@ -332,7 +318,7 @@ class BenchResult:
     ) -> tuple[Path, Path | None]:
         """Atomic JSON write, then the plot (skipped with an info log without matplotlib)."""
         text = self.to_json()
-        out_json = _atomic_write(Path(path_json), lambda tmp: _write_text(tmp, text))
+        out_json = atomic_write(Path(path_json), lambda tmp: _write_text(tmp, text))
         out_png = None
         if path_png is not None:
             out_png = plot_result(self, Path(path_png))
@@ -374,7 +360,7 @@ def plot_result(result: BenchResult, path: Path) -> Path | None:
     fig.suptitle(f"{result.config.get('model')} on {result.rows[0].device if result.rows else '?'}"
                  + (" - random weights" if RANDOM_WEIGHTS in weights else ""))
     fig.tight_layout()
-    return _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 # ----------------------------------------------------------------------------- measuring

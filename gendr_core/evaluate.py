@@ -12,13 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from .fileio import atomic_write
 from .imageio import IMAGE_SUFFIXES, load_image
 from .models.restorer import OneStepRestorer
 from .ops.resize import resize
@@ -131,10 +130,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
     sys.stdout.write(table + "\n")
     if args.out:
         out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump({"model": getattr(model, "source_path", None), "scale": args.scale,
-                       "rows": [asdict(r) for r in rows]}, f, indent=2)
-        os.replace(tmp, out)
+        payload = json.dumps({"model": getattr(model, "source_path", None), "scale": args.scale,
+                              "rows": [asdict(r) for r in rows]}, indent=2)
+        atomic_write(out, lambda tmp: Path(tmp).write_text(payload))
     return 0

@@ -17,7 +17,6 @@ import inspect
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -36,6 +35,7 @@ from .config import (
     VAEConfig,
 )
 from .errors import CheckpointFormatError, ConfigError, GenDRPixError
+from .fileio import atomic_write
 from .models.restorer import OneStepRestorer, build_model
 
 logger = logging.getLogger(__name__)
@@ -580,15 +580,7 @@ def convert_vgg16(src: str | os.PathLike, out: str | os.PathLike) -> Path:
 
     sd = {k: v.contiguous() for k, v in load_vgg16_state_dict(src).items()}  # keeps features.N.weight|bias
     out = Path(out).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        save_file(sd, tmp, metadata={"format": "pt", "model": "vgg16.features"})
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(out, lambda tmp: save_file(sd, tmp, metadata={"format": "pt", "model": "vgg16.features"}))
     logger.info("wrote VGG16 feature weights (%d tensors) to %s", len(sd), out)
     return out
 
