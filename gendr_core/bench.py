@@ -65,8 +65,8 @@ PIPELINE_NAMES = {"gendr_pix": "gendr_pix", "gendr": "gendr_latent", "dfosd": "d
 
 def gendr_pix_s_config() -> GenDRPixConfig:
     """Architecture of the shipped gendr-pix-s: the config in its asset file when present, else
-    the recipe of trainers/configs/gendr_pix_s.json (block_out (64,128,160), 2 layers, attention
-    only at the coarsest level)."""
+    the recipe of trainers/configs/gendr_pix_s.json (x4 unshuffle, block_out (32,64,128,160),
+    2 layers per block, attention only at the coarsest level)."""
     from .checkpoint import BUILTIN_MODELS, DEFAULT_MODEL_NAME, read_header
 
     asset = BUILTIN_MODELS[DEFAULT_MODEL_NAME]
@@ -75,19 +75,19 @@ def gendr_pix_s_config() -> GenDRPixConfig:
         if isinstance(config, GenDRPixConfig):
             return config
     unet = UNetConfig(
-        in_channels=192,
-        out_channels=192,
-        block_out_channels=(64, 128, 160),
-        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        in_channels=48,
+        out_channels=48,
+        block_out_channels=(32, 64, 128, 160),
+        down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"),
         mid_block_type="UNetMidBlock2DCrossAttn",
         layers_per_block=2,
-        attention_head_dim=(1, 2, 2),
+        attention_head_dim=(1, 1, 2, 2),
         cross_attention_dim=64,
         norm_num_groups=32,
         sample_size=32,
     )
-    return GenDRPixConfig(unet=unet, alpha=1.0, beta=1.0, prompt_tokens=8)
+    return GenDRPixConfig(unet=unet, shuffle_factor=4, alpha=1.0, beta=1.0, prompt_tokens=8)
 
 
 RANDOM_PRESETS: dict[str, Callable[[], ModelConfig]] = {
@@ -409,6 +409,54 @@ def _build(recipe: dict[str, Any], device: torch.device, dtype: torch.dtype, see
     return model.to(dtype=dtype).eval().requires_grad_(False)
 
 
+@dataclass
+class PeakMemory:
+    """Peak memory of the work done between :meth:`start` and :meth:`stop`.
+
+    CUDA: ``max_memory_allocated`` after a reset. CPU: the process's peak resident set
+    (``VmHWM``), reset to the current RSS at start where Linux allows it; without a reset the
+    peak can include earlier work (``method`` then says so). ``baseline_bytes`` is the
+    allocation (CUDA) or RSS (CPU) at start, so ``peak - baseline`` is the run's own memory.
+    """
+
+    device: torch.device
+    peak_bytes: int | None = None
+    baseline_bytes: int | None = None
+    before_bytes: int | None = None  # CPU: the peak RSS before the reset (e.g. model loading)
+    method: str = "none"
+
+    def start(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.baseline_bytes = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.method = "cuda_max_memory_allocated"
+        elif self.device.type == "cpu":
+            gc.collect()
+            self.before_bytes = _proc_status_bytes("VmHWM") or _ru_maxrss_bytes()
+            self.baseline_bytes = _proc_status_bytes("VmRSS")
+            if _reset_peak_rss():
+                self.method = "vmhwm"
+            else:
+                logger.warning("cannot reset the peak RSS here; the CPU peak includes earlier work")
+                self.method = "vmhwm_unreset" if _proc_status_bytes("VmHWM") else "ru_maxrss_unreset"
+        return self
+
+    def stop(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
+        elif self.device.type == "cpu":
+            self.peak_bytes = _proc_status_bytes("VmHWM") or _ru_maxrss_bytes()
+        return self
+
+    @property
+    def activation_bytes(self) -> int | None:
+        if self.peak_bytes is None or self.baseline_bytes is None:
+            return None
+        return max(0, self.peak_bytes - self.baseline_bytes)
+
+
 def measure(job: dict[str, Any], memory: str) -> dict[str, Any]:
     """Build the job's model, time ``upscale`` and measure memory ("cuda", "rss" or "none")."""
     from .checkpoint import default_dtype, parse_dtype
@@ -420,17 +468,9 @@ def measure(job: dict[str, Any], memory: str) -> dict[str, Any]:
     dtype = parse_dtype(job["dtype"]) or default_dtype(device)
     cuda = device.type == "cuda"
     model = _build(job["recipe"], device, dtype, job["seed"])
-    load_peak = baseline = None
-    if cuda:
-        torch.cuda.synchronize(device)
-        baseline = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    elif memory == "rss":
-        gc.collect()
-        load_peak = _proc_status_bytes("VmHWM") or _ru_maxrss_bytes()
-        baseline = _proc_status_bytes("VmRSS")
-        if not _reset_peak_rss():
-            logger.warning("cannot reset the peak RSS here; the CPU peak includes model loading")
+    tracker = PeakMemory(device) if cuda or memory == "rss" else None
+    if tracker is not None:
+        tracker.start()
     w_out, h_out = job["size"]
     w_in, h_in = max(1, round(w_out / job["scale"])), max(1, round(h_out / job["scale"]))
     x = torch.rand(1, 3, h_in, w_in, generator=torch.Generator().manual_seed(job["seed"])).to(device)
@@ -442,15 +482,12 @@ def measure(job: dict[str, Any], memory: str) -> dict[str, Any]:
             torch.cuda.synchronize(device)
         if i >= job["warmup"]:
             times.append(time.perf_counter() - t0)
-    peak = None
+    peak = baseline = load_peak = None
     method = "none (in-process CPU run)"
-    if cuda:
-        peak, method = torch.cuda.max_memory_allocated(device), "cuda_max_memory_allocated"
-    elif memory == "rss":
-        peak = _proc_status_bytes("VmHWM")
-        method = "fresh_process_vmhwm"
-        if peak is None:
-            peak, method = _ru_maxrss_bytes(), "fresh_process_ru_maxrss"
+    if tracker is not None:
+        tracker.stop()
+        peak, baseline, load_peak = tracker.peak_bytes, tracker.baseline_bytes, tracker.before_bytes
+        method = tracker.method if cuda else "fresh_process_" + tracker.method
     m = model.pad_multiple
     ph, pw = -(-y.shape[-2] // m) * m, -(-y.shape[-1] // m) * m
     passes = 2 if job["guidance"] != 1.0 and job["branch_mode"] == "batched" else 1

@@ -11,6 +11,7 @@ import torch
 from comfy_api.latest import io, ui
 from PIL import Image, ImageDraw
 
+from ..gendr_core.bench import PeakMemory
 from ..gendr_core.models import OneStepRestorer
 from ..gendr_core.pipeline import upscale
 from .memory import model_on_device, work_bytes
@@ -32,18 +33,19 @@ def parse_sizes(text: str) -> list[int]:
 
 def run_benchmark(models: dict[str, OneStepRestorer], sizes: list[int], scale: float, guidance: float, repeats: int,
                   progress: Progress | None = None) -> list[dict]:
-    """Stand-in for ``gendr_core.bench.run_benchmark`` until it lands: one row per (model, size) with the
-    median seconds of ``repeats`` runs (after one warm-up) and the peak memory (CUDA: measured; CPU: the
-    model's activation estimate)."""
+    """One row per (model, size): median seconds of ``repeats`` runs after one warm-up, and the peak
+    memory of those runs measured by :class:`gendr_core.bench.PeakMemory` inside the ComfyUI process
+    (CUDA: peak allocation; CPU: peak resident set). ``gendr-pix bench`` measures the same in a fresh
+    process, which is the number to publish; this node answers "how does it run here, now"."""
     rows, done, total = [], 0, len(models) * len(sizes) * (repeats + 1)
     for name, model in models.items():
         for side in sizes:
             lr = side / scale
             x = torch.rand(1, 3, max(1, round(lr)), max(1, round(lr)), generator=torch.Generator().manual_seed(side))
-            with model_on_device(model, work_bytes(model, x.shape[-2:], 1, scale, 2 if guidance != 1 else 1, "auto")):
+            passes = 2 if guidance != 1 else 1
+            with model_on_device(model, work_bytes(model, x.shape[-2:], 1, scale, passes, "auto")):
                 dev = mm.get_torch_device()
-                if dev.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(dev)
+                mem = PeakMemory(dev).start()
                 times = []
                 for _ in range(repeats + 1):
                     t0 = time.perf_counter()
@@ -54,21 +56,25 @@ def run_benchmark(models: dict[str, OneStepRestorer], sizes: list[int], scale: f
                     done += 1
                     if progress:
                         progress(done, total)
-                peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None
-            est = work_bytes(model, x.shape[-2:], 1, scale, 2 if guidance != 1 else 1, 0)
+                mem.stop()
             rows.append({"model": name, "kind": model.kind, "output": f"{side}x{side}", "side": side,
-                         "seconds": float(np.median(times[1:])), "peak_bytes": peak, "estimated_bytes": est,
+                         "seconds": float(np.median(times[1:])), "peak_bytes": mem.peak_bytes,
+                         "run_bytes": mem.activation_bytes, "memory_method": mem.method,
+                         "estimated_bytes": work_bytes(model, x.shape[-2:], 1, scale, passes, 0),
                          "device": str(dev), "dtype": str(model.dtype).replace("torch.", "")})
     return rows
 
 
+def _mib(b: int | None) -> str:
+    return "n/a" if b is None else f"{b / 2**20:.0f}"
+
+
 def format_report(rows: list[dict]) -> str:
-    lines = [f"{'model':<10} {'output':>11} {'seconds':>9} {'MPix/s':>8} {'peak MB':>9}"]
+    """Table (peak = whole process or device; run = peak minus the memory in use before), then JSON."""
+    lines = [f"{'model':<10} {'output':>11} {'seconds':>9} {'MPix/s':>8} {'peak MiB':>9} {'run MiB':>8} {'est. MiB':>9}"]
     for r in rows:
-        mem = r["peak_bytes"] if r["peak_bytes"] is not None else r["estimated_bytes"]
-        tag = "" if r["peak_bytes"] is not None else " (est.)"
-        lines.append(f"{r['model']:<10} {r['output']:>11} {r['seconds']:>9.3f} "
-                     f"{r['side'] ** 2 / 1e6 / r['seconds']:>8.2f} {mem / 2**20:>9.0f}{tag}")
+        lines.append(f"{r['model']:<10} {r['output']:>11} {r['seconds']:>9.3f} {r['side'] ** 2 / 1e6 / r['seconds']:>8.2f} "
+                     f"{_mib(r['peak_bytes']):>9} {_mib(r['run_bytes']):>8} {_mib(r['estimated_bytes']):>9}")
     return "\n".join(lines) + "\n\nJSON: " + json.dumps(rows)
 
 
@@ -104,7 +110,8 @@ class GenDRPixBenchmark(io.ComfyNode):
             display_name="GenDR-Pix Benchmark",
             category=CATEGORY,
             description="Times the model on random images at the given output sizes (median of repeats after one "
-                        "warm-up) and reports peak GPU memory (or the activation estimate on CPU), optionally "
+                        "warm-up) and the peak memory of those runs (GPU allocation, or the process's resident set on "
+                        "CPU) next to the model's own activation estimate, optionally "
                         "next to a second model such as GenDR.",
             is_output_node=True,
             inputs=[

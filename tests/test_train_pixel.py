@@ -55,7 +55,7 @@ def test_tiny_training_loss_decreases_and_exports(tmp_path):
     # the paper's alpha = beta = 0.5 without zero-init starts far from the target, so 30
     # steps must cut the loss clearly (the shipped residual setting starts near bicubic)
     cfg = _cfg(tmp_path, **{"optim.max_steps": 30, "model.alpha": 0.5, "model.beta": 0.5,
-                            "zero_init_out": False})
+                            "zero_init_out": False, "loss.neg_start_step": 20})
     out = train(cfg, resume=False)
     recs = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     l1 = [r["loss_l1"] for r in recs if r["kind"] == "train"]
@@ -63,6 +63,8 @@ def test_tiny_training_loss_decreases_and_exports(tmp_path):
     first, last = sum(l1[:5]) / 5, sum(l1[-5:]) / 5
     assert last < 0.8 * first, (first, last)
     assert any("loss_adv_g" in r for r in recs)  # the adversarial branch ran
+    train_recs = [r for r in recs if r["kind"] == "train"]
+    assert [("loss_neg_l1" in r) for r in train_recs] == [r["step"] > 20 for r in train_recs]  # neg_start_step
     assert any(r["kind"] == "val" for r in recs) and (out / "curves.png").is_file()
     model_path = export(out, tmp_path / "tiny.safetensors")
     m = load_model(model_path, device="cpu")

@@ -93,6 +93,7 @@ class LossConfig(JSONConfig):
     ea_dists: bool = False
     adv_start_step: int = 0
     neg_fraction: float = 0.25
+    neg_start_step: int = 0  # negative-embedding samples only from this step (they only touch prompt_neg)
     neg_blur_sigma: tuple[float, float] = (1.0, 2.0)
 
 
@@ -317,7 +318,7 @@ def train(cfg: PixelTrainConfig, resume: bool = True, stop_after: int | None = N
         # k extra samples train ONLY the negative embedding (autograd.grad w.r.t. prompt_neg)
         # towards blurred targets, so the UNet never learns to blur (which cost PSNR when the
         # negative samples shared the generator update).
-        k = min(b, int(round(cfg.loss.neg_fraction * b)))
+        k = min(b, int(round(cfg.loss.neg_fraction * b))) if step >= cfg.loss.neg_start_step else 0
         with acc.autocast():
             y = model(x, unwrapped.prompt_pos.expand(b, -1, -1))
         y = y.float()
