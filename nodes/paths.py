@@ -28,9 +28,13 @@ def register_model_folder() -> None:
 
 
 def model_choices() -> list[str]:
-    """Built-in names first, then every file of the gendr_pix folder(s)."""
+    """Built-in names first, then every file of the gendr_pix folder(s).
+
+    A ``<built-in>.safetensors`` file that stands in for a missing asset is listed once, under
+    the built-in name (both entries would load the same file)."""
     register_model_folder()
-    return list(BUILTIN_MODELS) + folder_paths.get_filename_list(FOLDER)
+    standins = {f"{name}.safetensors" for name, asset in BUILTIN_MODELS.items() if not asset.is_file()}
+    return list(BUILTIN_MODELS) + [f for f in folder_paths.get_filename_list(FOLDER) if f not in standins]
 
 
 def resolve_model(name: str) -> Path:

@@ -176,8 +176,10 @@ def test_builtin_name_falls_back_to_model_folder(pack, core, monkeypatch, tmp_pa
         paths.resolve_model("gendr-pix-s")
     local = save_tiny(core, Path(folder_paths.models_dir) / "gendr_pix" / "gendr-pix-s.safetensors")
     assert paths.resolve_model("gendr-pix-s") == local
+    assert paths.model_choices().count("gendr-pix-s") == 1 and "gendr-pix-s.safetensors" not in paths.model_choices()
     shipped = save_tiny(core, tmp_path / "assets" / "gendr-pix-s.safetensors")
     assert paths.resolve_model("gendr-pix-s") == shipped  # the shipped asset wins when present
+    assert paths.model_choices()[:1] == ["gendr-pix-s"] and "gendr-pix-s.safetensors" in paths.model_choices()
 
 
 def test_loader_caches_across_prompts_and_reloads_changed_files(pack, nodes, model_file):
