@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import os
 import re
 import sys
@@ -445,6 +446,10 @@ def test_benchmark_reports_and_plots(nodes, model, core):
                                   compare_model=model)
     report, plot = out.args
     assert "gendr_pix" in report and "64x64" in report and "JSON" in report
+    rows = json.loads(report.split("JSON: ", 1)[1])
+    assert [r["output"] for r in rows] == ["32x32", "64x64"] * 2
+    for r in rows:  # measured in-process: the stub runs on the CPU, Linux resets VmHWM
+        assert r["memory_method"] == "vmhwm" and r["peak_bytes"] >= r["run_bytes"] >= 0 and r["estimated_bytes"] > 0
     assert out.ui.as_dict() == {"text": (report,)}
     assert plot.ndim == 4 and plot.shape[0] == 1 and plot.shape[-1] == 3 and 0 <= plot.min() and plot.max() <= 1
     events = comfy.utils.PROGRESS_EVENTS
