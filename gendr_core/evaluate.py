@@ -36,15 +36,20 @@ class EvalRow:
     niqe: float | None
 
 
+def hr_files(folder: Path, max_images: int | None = None) -> list[Path]:
+    """The sorted image files of ``folder`` (recursive), the first ``max_images`` if given."""
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no images found in {folder}")
+    return files[:max_images] if max_images else files
+
+
 def degraded_pairs(folder: Path, scale: int, max_images: int | None = None):
     """Yield (name, hr, lr) with the fixed evaluation degradation."""
     from .degradation import degrade, fixed_eval_degradation, sample_degradation
 
     cfg = fixed_eval_degradation(scale=scale)
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise FileNotFoundError(f"no images found in {folder}")
-    for i, p in enumerate(files[:max_images] if max_images else files):
+    for i, p in enumerate(hr_files(folder, max_images)):
         hr, _, _ = load_image(p)
         hr = hr[..., : hr.shape[-2] // scale * scale, : hr.shape[-1] // scale * scale]
         params = sample_degradation(cfg, torch.Generator().manual_seed(i), tuple(hr.shape[-2:]))
@@ -122,8 +127,17 @@ def run_eval_command(args: argparse.Namespace) -> int:
         guidances = tuple(float(g) for g in args.guidance.split(","))
     except ValueError:
         raise ValueError(f"--guidance must be comma-separated numbers, got {args.guidance!r}") from None
+    from tqdm.auto import tqdm
+
     model = load_model(args.model, device=args.device)
-    rows = evaluate(model, [Path(d) for d in args.data], args.scale, guidances, not args.no_niqe, args.max_images)
+    folders = [Path(d) for d in args.data]
+    for f in folders:
+        if not f.is_dir():
+            raise FileNotFoundError(f"--data folder not found: {f}")
+    total = sum(len(hr_files(f, args.max_images)) for f in folders)
+    with tqdm(total=total, unit="img", desc="eval") as bar:
+        rows = evaluate(model, folders, args.scale, guidances, not args.no_niqe, args.max_images,
+                        progress=lambda name: (bar.set_postfix_str(name), bar.update()))
     table = format_table(rows)
     import sys
 

@@ -27,7 +27,8 @@ def test_upscale_file_and_folder(tmp_path, model_file):
     assert main(["upscale", str(FIXTURES), "-o", str(folder), "--model", model_file, "--scale", "1.5",
                  "--guidance", "1.8", "-q"]) == 0
     names = sorted(p.name for p in folder.iterdir())
-    assert names == ["kodim03_crop80x64_x1.5.png", "kodim19_gray64_x1.5.png", "kodim23_crop96_x1.5.png"]
+    assert names == ["kodim03_crop80x64_x1.5.png", "kodim08_crop192_x1.5.png", "kodim19_gray64_x1.5.png",
+                     "kodim23_crop96_x1.5.png"]
     assert Image.open(folder / "kodim19_gray64_x1.5.png").mode == "L"
     assert Image.open(folder / "kodim03_crop80x64_x1.5.png").size == (120, 96)
 

@@ -29,10 +29,10 @@ def test_identity_model_scores_equal_bicubic_and_protocol_is_deterministic():
     rows = evaluate(model, [FIXTURES], scale=4, guidances=(1.0, 1.8), with_niqe=False)
     by = {(r.dataset, r.method, r.guidance): r for r in rows}
     bic, ident = by[("all", "bicubic", None)], by[("all", "gendr-pix", 1.8)]
-    assert bic.images == 3 and abs(bic.psnr_y - ident.psnr_y) < 1e-4 and abs(bic.ssim_y - ident.ssim_y) < 1e-5
+    assert bic.images == 4 and abs(bic.psnr_y - ident.psnr_y) < 1e-4 and abs(bic.ssim_y - ident.ssim_y) < 1e-5
     assert 15 < bic.psnr_y < 40
     a = [lr for _, _, lr in degraded_pairs(FIXTURES, 4)]
     b = [lr for _, _, lr in degraded_pairs(FIXTURES, 4)]
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
-    assert [tuple(x.shape[-2:]) for x in a] == [(16, 20), (16, 16), (24, 24)]  # HR / 4, sorted by name
+    assert [tuple(x.shape[-2:]) for x in a] == [(16, 20), (48, 48), (16, 16), (24, 24)]  # HR / 4, sorted by name
     assert "| all | bicubic |" in format_table(rows)
