@@ -138,7 +138,8 @@ def test_presets_and_overrides():
     recipe = REPO / "trainers" / "configs" / "gendr_pix_s.json"
     if recipe.exists():
         assert s == GenDRPixConfig.from_dict(json.loads(recipe.read_text())["model"])
-    assert s.unet.block_out_channels == (64, 128, 160) and s.unet.down_block_types[-1] == "CrossAttnDownBlock2D"
+    assert s.shuffle_factor == 4 and s.unet.block_out_channels == (32, 64, 128, 160)
+    assert s.unet.down_block_types[-1] == "CrossAttnDownBlock2D"
     assert GenDRPixConfig.from_json(resolve_model("random:gendr-pix-sd21").config) == GenDRPixConfig()
     red = reduced_unet_config((64, 128, 256, 256))
     assert red.attention_head_dim == (1, 2, 4, 4) and red.down_block_types == UNetConfig().down_block_types

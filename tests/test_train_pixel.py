@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -104,3 +105,15 @@ def test_resume_after_kill_loses_at_most_one_interval(tmp_path):
     steps = [r["step"] for r in recs]
     assert steps == list(range(1, saved + 4))  # no gap, no duplicate after truncation
     assert latest_checkpoint(tmp_path / "run").name == f"step_{saved + 3:07d}"
+
+
+def test_shipped_recipe_configs_parse_and_polish_differs_only_where_documented():
+    """gendr_pix_s.json (steps 0-6000) and gendr_pix_s_polish.json (resumes to 7600) per MODEL_CARD.md."""
+    main_cfg = load_config(REPO / "trainers" / "configs" / "gendr_pix_s.json")
+    polish = load_config(REPO / "trainers" / "configs" / "gendr_pix_s_polish.json")
+    assert main_cfg.output_dir == polish.output_dir == "runs/gendr_pix_s"
+    assert (main_cfg.optim.max_steps, polish.optim.max_steps) == (6000, 7600)
+    assert (main_cfg.loss.adversarial, polish.loss.adversarial) == (0.005, 0.0)
+    assert dataclasses.replace(polish, optim=main_cfg.optim, loss=main_cfg.loss) == main_cfg
+    assert dataclasses.replace(polish.optim, max_steps=6000) == main_cfg.optim
+    assert dataclasses.replace(polish.loss, adversarial=0.005) == main_cfg.loss

@@ -1,0 +1,66 @@
+"""Quality guard for the shipped ``gendr-pix-s``: it must restore better than bicubic.
+
+The fixture is a 192x192 centre crop of Kodak image 8 (``tests/fixtures``), which is not in
+the training data. It is degraded with the fixed evaluation degradation of ``gendr-pix eval``
+(blur sigma 1.2, bicubic /4, noise 5/255, JPEG 75, seed 0) and restored at x4. The thresholds
+sit below the values measured when the model was exported (see MODEL_CARD.md), so a broken
+export, a wrong pixel-(un)shuffle factor or a pipeline regression fails here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from gendr_core.checkpoint import BUILTIN_MODELS, DEFAULT_MODEL_NAME, load_model
+from gendr_core.degradation import degrade, fixed_eval_degradation, sample_degradation
+from gendr_core.evaluate import evaluate
+from gendr_core.imageio import load_image
+from gendr_core.metrics import psnr_y, ssim_y
+from gendr_core.ops.resize import resize
+from gendr_core.pipeline import restore_grid
+
+FIXTURE = Path(__file__).parent / "fixtures" / "kodim08_crop192.png"
+# Measured at export (step 7600): Kodak-8 crop +0.829 dB / +0.061 SSIM; Set5 +0.970 dB / +0.046.
+PSNR_GAIN_MIN, SSIM_GAIN_MIN = 0.6, 0.04
+SET5_PSNR_GAIN_MIN, SET5_SSIM_GAIN_MIN = 0.8, 0.035
+
+pytestmark = pytest.mark.skipif(not BUILTIN_MODELS[DEFAULT_MODEL_NAME].is_file(),
+                                reason="shipped model asset missing (package installed without assets?)")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model(dtype="fp32")
+
+
+def test_shipped_model_is_x4_unshuffle_and_small(model):
+    assert model.config.shuffle_factor == 4
+    assert BUILTIN_MODELS[DEFAULT_MODEL_NAME].stat().st_size <= 25 * 10**6
+    assert 10_000_000 < sum(p.numel() for p in model.parameters()) < 12_500_000
+
+
+def test_shipped_model_beats_bicubic_on_kodak_crop(model):
+    hr, _, _ = load_image(FIXTURE)
+    assert hr.shape == (1, 3, 192, 192)
+    params = sample_degradation(fixed_eval_degradation(4), torch.Generator().manual_seed(0), (192, 192))
+    lr = degrade(hr, params)
+    assert lr.shape == (1, 3, 48, 48)
+    grid = resize(lr, (192, 192), "bicubic")
+    with torch.no_grad():
+        sr = restore_grid(grid, model).clamp(0, 1)
+    gain_psnr = float(psnr_y(sr, hr, crop_border=4)) - float(psnr_y(grid, hr, crop_border=4))
+    gain_ssim = float(ssim_y(sr, hr, crop_border=4)) - float(ssim_y(grid, hr, crop_border=4))
+    assert gain_psnr > PSNR_GAIN_MIN, gain_psnr
+    assert gain_ssim > SSIM_GAIN_MIN, gain_ssim
+
+
+def test_shipped_model_beats_bicubic_on_set5(model, shared_data):
+    rows = {(r.dataset, r.method): r for r in evaluate(model, [shared_data / "val" / "Set5" / "HR"], scale=4,
+                                                          with_niqe=False)}
+    model_row, bicubic = rows[("Set5", "gendr-pix")], rows[("Set5", "bicubic")]
+    assert model_row.images == bicubic.images == 5
+    assert model_row.psnr_y - bicubic.psnr_y > SET5_PSNR_GAIN_MIN
+    assert model_row.ssim_y - bicubic.ssim_y > SET5_SSIM_GAIN_MIN
