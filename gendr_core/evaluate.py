@@ -15,8 +15,6 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-
 from .fileio import atomic_write
 from .imageio import IMAGE_SUFFIXES, load_image
 from .models.restorer import OneStepRestorer
@@ -46,14 +44,12 @@ def hr_files(folder: Path, max_images: int | None = None) -> list[Path]:
 
 def degraded_pairs(folder: Path, scale: int, max_images: int | None = None):
     """Yield (name, hr, lr) with the fixed evaluation degradation."""
-    from .degradation import degrade, fixed_eval_degradation, sample_degradation
+    from .degradation import degrade_fixed
 
-    cfg = fixed_eval_degradation(scale=scale)
     for i, p in enumerate(hr_files(folder, max_images)):
         hr, _, _ = load_image(p)
         hr = hr[..., : hr.shape[-2] // scale * scale, : hr.shape[-1] // scale * scale]
-        params = sample_degradation(cfg, torch.Generator().manual_seed(i), tuple(hr.shape[-2:]))
-        yield p.name, hr, degrade(hr, params)
+        yield p.name, hr, degrade_fixed(hr, scale, seed=i)
 
 
 def evaluate(

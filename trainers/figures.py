@@ -59,12 +59,11 @@ def before_after(lq: Path, out: Path, model_name: str | None, scale: int, box: t
 
 def make_sample(hr: Path, out: Path, scale: int = 4, seed: int = 0) -> Path:
     """The bundled sample: ``hr`` degraded by the fixed evaluation degradation (see gendr_core.evaluate)."""
-    from gendr_core.degradation import degrade, fixed_eval_degradation, sample_degradation
+    from gendr_core.degradation import degrade_fixed
 
     x, _, _ = load_image(hr)
     x = x[..., : x.shape[-2] // scale * scale, : x.shape[-1] // scale * scale]
-    params = sample_degradation(fixed_eval_degradation(scale), torch.Generator().manual_seed(seed), tuple(x.shape[-2:]))
-    return save_image_atomic(tensor_to_pil(degrade(x, params)), out, optimize=True)
+    return save_image_atomic(tensor_to_pil(degrade_fixed(x, scale, seed)), out, optimize=True)
 
 
 def curves(run_dir: Path, out: Path) -> Path:

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from gendr_core.checkpoint import read_header, resolve_model_path
 from gendr_core.config import GenDRPixConfig, JSONConfig
 from gendr_core.data import HRFolderDataset, collate_pairs
-from gendr_core.degradation import DegradationConfig, degrade, fixed_eval_degradation, sample_degradation
+from gendr_core.degradation import DegradationConfig, degrade_fixed
 from gendr_core.errors import ConfigError
 from gendr_core.imageio import load_image
 from gendr_core.losses import (
@@ -201,7 +201,6 @@ def load_val_set(cfg: PixelTrainConfig) -> list[tuple[torch.Tensor, torch.Tensor
         logger.warning("no validation images found in %s; validation disabled", cfg.data.val_dirs)
         return []
     s, pairs = cfg.data.val_scale, []
-    deg = fixed_eval_degradation(scale=s)
     for i, p in enumerate(paths):
         hr, _, _ = load_image(p)
         h, w = hr.shape[-2:]
@@ -210,8 +209,7 @@ def load_val_set(cfg: PixelTrainConfig) -> list[tuple[torch.Tensor, torch.Tensor
             top, left = max(0, (h - c) // 2), max(0, (w - c) // 2)
             hr = hr[..., top : top + c, left : left + c]
         hr = hr[..., : hr.shape[-2] // s * s, : hr.shape[-1] // s * s]
-        params = sample_degradation(deg, torch.Generator().manual_seed(i), tuple(hr.shape[-2:]))
-        pairs.append((hr, degrade(hr, params)))
+        pairs.append((hr, degrade_fixed(hr, s, seed=i)))
     return pairs
 
 
