@@ -117,3 +117,15 @@ def test_shipped_recipe_configs_parse_and_polish_differs_only_where_documented()
     assert dataclasses.replace(polish, optim=main_cfg.optim, loss=main_cfg.loss) == main_cfg
     assert dataclasses.replace(polish.optim, max_steps=6000) == main_cfg.optim
     assert dataclasses.replace(polish.loss, adversarial=0.005) == main_cfg.loss
+
+
+def test_stage2_recipe_config_restarts_from_the_v2_export_with_its_own_schedule():
+    """gendr_pix_s_stage2.json: a fresh L1 cosine run initialised from the step-7600 export."""
+    polish = load_config(REPO / "trainers" / "configs" / "gendr_pix_s_polish.json")
+    stage2 = load_config(REPO / "trainers" / "configs" / "gendr_pix_s_stage2.json")
+    assert stage2.init_from == "runs/gendr-pix-s-v2.safetensors"
+    assert stage2.output_dir == "runs/gendr_pix_s_v3" != polish.output_dir  # no resume into the old run
+    assert (stage2.optim.lr, stage2.optim.warmup_steps, stage2.optim.max_steps) == (5e-4, 200, 8000)
+    assert (stage2.loss.adversarial, stage2.loss.neg_start_step, stage2.loss.neg_fraction) == (0.0, 6800, 0.25)
+    # model, data and degradation are the shipped recipe's, so the v2 weights load into it
+    assert (stage2.model, stage2.data, stage2.degradation) == (polish.model, polish.data, polish.degradation)
