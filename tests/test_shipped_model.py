@@ -23,9 +23,10 @@ from gendr_core.ops.resize import resize
 from gendr_core.pipeline import restore_grid
 
 FIXTURE = Path(__file__).parent / "fixtures" / "kodim08_crop192.png"
-# Measured at export (step 7600): Kodak-8 crop +0.829 dB / +0.061 SSIM; Set5 +0.970 dB / +0.046.
-PSNR_GAIN_MIN, SSIM_GAIN_MIN = 0.6, 0.04
-SET5_PSNR_GAIN_MIN, SET5_SSIM_GAIN_MIN = 0.8, 0.035
+# Measured at export (v3, stage-2 step 7000): Kodak-8 crop +0.853 dB / +0.062 SSIM; Set5 +1.036 dB / +0.049
+# (v2 at step 7600: +0.829 / +0.061; Set5 +0.970 / +0.046).
+PSNR_GAIN_MIN, SSIM_GAIN_MIN = 0.7, 0.045
+SET5_PSNR_GAIN_MIN, SET5_SSIM_GAIN_MIN = 0.9, 0.04
 
 pytestmark = pytest.mark.skipif(not BUILTIN_MODELS[DEFAULT_MODEL_NAME].is_file(),
                                 reason="shipped model asset missing (package installed without assets?)")
