@@ -18,6 +18,7 @@ from pathlib import Path
 from .fileio import atomic_write
 from .imageio import IMAGE_SUFFIXES, load_image
 from .models.restorer import OneStepRestorer
+from .ops.padding import crop_to_multiple
 from .ops.resize import resize
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def degraded_pairs(folder: Path, scale: int, max_images: int | None = None):
 
     for i, p in enumerate(hr_files(folder, max_images)):
         hr, _, _ = load_image(p)
-        hr = hr[..., : hr.shape[-2] // scale * scale, : hr.shape[-1] // scale * scale]
+        hr = crop_to_multiple(hr, scale)
         yield p.name, hr, degrade_fixed(hr, scale, seed=i)
 
 

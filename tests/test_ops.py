@@ -6,7 +6,7 @@ import torch
 
 from gendr_core.ops.color_fix import wavelet_blur, wavelet_color_fix, wavelet_decompose
 from gendr_core.ops.guidance import pad_cfg, rand_pad_ensemble, run_padded
-from gendr_core.ops.padding import Pad, crop, pad_fixed, pad_to_multiple, rand_pad, sample_rand_pad
+from gendr_core.ops.padding import Pad, crop, crop_to_multiple, pad_fixed, pad_to_multiple, rand_pad, sample_rand_pad
 from gendr_core.ops.resize import output_size, upscale_bicubic
 from gendr_core.ops.shuffle import shuffle, unshuffle
 from gendr_core.ops.tiling import tile_spans, tiled_apply
@@ -167,3 +167,14 @@ def test_tiled_apply_progress_counts(gen):
     calls = []
     tiled_apply(lambda t: t, torch.rand(1, 3, 100, 100, generator=gen), 64, 16, 8, progress=lambda d, t: calls.append((d, t)))
     assert calls == [(i, 4) for i in range(1, 5)]
+
+
+def test_crop_to_multiple_drops_only_the_right_and_bottom_remainder():
+    x = torch.arange(2 * 3 * 10 * 13, dtype=torch.float32).reshape(2, 3, 10, 13)
+    y = crop_to_multiple(x, 4)
+    assert y.shape == (2, 3, 8, 12)
+    assert torch.equal(y, x[..., :8, :12])
+    assert torch.equal(crop_to_multiple(x, 1), x)
+    assert crop_to_multiple(x[0], 5).shape == (3, 10, 10)  # (C,H,W) too
+    with pytest.raises(ValueError, match="multiple=0"):
+        crop_to_multiple(x, 0)

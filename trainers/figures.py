@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw
 
 from gendr_core.checkpoint import load_model
 from gendr_core.imageio import load_image, save_image_atomic, tensor_to_pil
+from gendr_core.ops.padding import crop_to_multiple
 from gendr_core.ops.resize import resize
 from gendr_core.pipeline import upscale
 
@@ -62,7 +63,7 @@ def make_sample(hr: Path, out: Path, scale: int = 4, seed: int = 0) -> Path:
     from gendr_core.degradation import degrade_fixed
 
     x, _, _ = load_image(hr)
-    x = x[..., : x.shape[-2] // scale * scale, : x.shape[-1] // scale * scale]
+    x = crop_to_multiple(x, scale)
     return save_image_atomic(tensor_to_pil(degrade_fixed(x, scale, seed)), out, optimize=True)
 
 

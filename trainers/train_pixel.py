@@ -51,7 +51,7 @@ from gendr_core.losses import (
 from gendr_core.metrics import psnr_y
 from gendr_core.models import GenDRPix
 from gendr_core.models.discriminators import PixelUnshuffleDiscriminator
-from gendr_core.ops.padding import rand_pad
+from gendr_core.ops.padding import crop_to_multiple, rand_pad
 from gendr_core.ops.resize import resize
 from gendr_core.pipeline import restore_grid
 from trainers.loop import (
@@ -208,7 +208,7 @@ def load_val_set(cfg: PixelTrainConfig) -> list[tuple[torch.Tensor, torch.Tensor
         if c:
             top, left = max(0, (h - c) // 2), max(0, (w - c) // 2)
             hr = hr[..., top : top + c, left : left + c]
-        hr = hr[..., : hr.shape[-2] // s * s, : hr.shape[-1] // s * s]
+        hr = crop_to_multiple(hr, s)
         pairs.append((hr, degrade_fixed(hr, s, seed=i)))
     return pairs
 

@@ -92,6 +92,14 @@ def pad_to_multiple(
     return pad_fixed(x, total, mode), total
 
 
+def crop_to_multiple(x: Tensor, multiple: int) -> Tensor:
+    """Drop right/bottom rows and columns so H and W are multiples of ``multiple`` (SR mod-crop)."""
+    if multiple < 1:
+        raise ValueError(f"multiple={multiple} must be >= 1")
+    h, w = x.shape[-2:]
+    return x[..., : h // multiple * multiple, : w // multiple * multiple]
+
+
 def sample_rand_pad(generator: torch.Generator | None = None, period: int = 8) -> Pad:
     """Sample RandPad offsets, GenDR-Pix Eq. 3: p_h, p_w uniform in {0, ..., period-1}.
 
