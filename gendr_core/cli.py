@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .errors import GenDRPixError
+from .ops.guidance import ENSEMBLE_SIZES
 
 logger = logging.getLogger("gendr_pix")
 
@@ -92,8 +93,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
             _t.refresh()
 
         y = upscale(x, model, scale=args.scale, guidance=args.guidance, color_fix=args.color_fix, tile=args.tile,
-                overlap=args.overlap, branch_mode=args.branch_mode, randpad=args.randpad, seed=args.seed,
-                progress=progress)
+                overlap=args.overlap, branch_mode=args.branch_mode, randpad=args.randpad, ensemble=args.ensemble,
+                seed=args.seed, progress=progress)
         tiles.close()
         if alpha is not None:
             from .ops.resize import resize
@@ -156,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run the two PadCFG branches in one batch (faster) or one after the other (less memory)")
     up.add_argument("--randpad", type=int, default=0, help="RandPad self-ensemble passes (Eq. 6); 0 = off")
     up.add_argument("--seed", type=int, default=0, help="seed for --randpad offsets")
+    up.add_argument("--ensemble", type=int, default=1, choices=ENSEMBLE_SIZES,
+                    help="flip/transpose self-ensemble: average 1 (off), 2, 4 or 8 passes (n x the time)")
     up.add_argument("--color-fix", type=float, default=0.0, help="wavelet color fix strength 0..1 (default 0)")
     up.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     up.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"), help="compute dtype")

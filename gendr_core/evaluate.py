@@ -18,6 +18,7 @@ from pathlib import Path
 from .fileio import atomic_write
 from .imageio import IMAGE_SUFFIXES, load_image
 from .models.restorer import OneStepRestorer
+from .ops.guidance import ENSEMBLE_SIZES
 from .ops.padding import crop_to_multiple
 from .ops.resize import resize
 
@@ -33,6 +34,7 @@ class EvalRow:
     psnr_y: float
     ssim_y: float
     niqe: float | None
+    ensemble: int = 1  # flip/transpose self-ensemble passes of the model rows (1 = off)
 
 
 def hr_files(folder: Path, max_images: int | None = None) -> list[Path]:
@@ -61,8 +63,12 @@ def evaluate(
     with_niqe: bool = True,
     max_images: int | None = None,
     progress=None,
+    ensemble: int = 1,
 ) -> list[EvalRow]:
-    """Rows for bicubic and for the model at each guidance, per folder and over all folders."""
+    """Rows for bicubic and for the model at each guidance, per folder and over all folders.
+
+    ``ensemble`` > 1 restores with the flip/transpose self-ensemble (see ``restore_grid``).
+    """
     from .metrics import niqe, niqe_available, psnr_y, ssim_y
     from .pipeline import restore_grid
 
@@ -78,7 +84,7 @@ def evaluate(
                 if g is None:
                     out = grid
                 else:
-                    out = restore_grid(grid.to(model.device), model, guidance=g).float().cpu().clamp(0, 1)
+                    out = restore_grid(grid.to(model.device), model, guidance=g, ensemble=ensemble).float().cpu().clamp(0, 1)
                 row = (float(psnr_y(out, hr, crop_border=scale)), float(ssim_y(out, hr, crop_border=scale)),
                        float(niqe(out)) if use_niqe else None)
                 acc.setdefault((folder.name if folder.name != "HR" else folder.parent.name, method, g), []).append(row)
@@ -94,14 +100,15 @@ def evaluate(
             n = len(vals)
             nq = [v[2] for v in vals if v[2] is not None]
             rows.append(EvalRow(ds, method, g, n, sum(v[0] for v in vals) / n, sum(v[1] for v in vals) / n,
-                                sum(nq) / len(nq) if nq else None))
+                                sum(nq) / len(nq) if nq else None, 1 if g is None else ensemble))
     return rows
 
 
 def format_table(rows: list[EvalRow]) -> str:
     lines = ["| dataset | method | guidance | images | PSNR-Y | SSIM-Y | NIQE |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r.dataset} | {r.method} | {'' if r.guidance is None else f'{r.guidance:g}'} | {r.images} | "
+        method = r.method if r.ensemble == 1 else f"{r.method} (x{r.ensemble} ens.)"
+        lines.append(f"| {r.dataset} | {method} | {'' if r.guidance is None else f'{r.guidance:g}'} | {r.images} | "
                      f"{r.psnr_y:.3f} | {r.ssim_y:.4f} | {'n/a' if r.niqe is None else f'{r.niqe:.3f}'} |")
     return "\n".join(lines)
 
@@ -111,6 +118,8 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", nargs="+", required=True, help="folders of HR images (e.g. ../shared/data/val/Set5/HR)")
     p.add_argument("--scale", type=int, default=4, help="degradation/upscale factor (default 4)")
     p.add_argument("--guidance", default="1.0", help="comma-separated PadCFG scales, e.g. 1,1.4,1.8,2.2")
+    p.add_argument("--ensemble", type=int, default=1, choices=ENSEMBLE_SIZES,
+                   help="restore with the flip/transpose self-ensemble of 2, 4 or 8 passes (default 1 = off)")
     p.add_argument("--no-niqe", action="store_true", help="skip NIQE")
     p.add_argument("--max-images", type=int, default=None, help="first N images per folder")
     p.add_argument("--device", default=None)
@@ -134,7 +143,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
     total = sum(len(hr_files(f, args.max_images)) for f in folders)
     with tqdm(total=total, unit="img", desc="eval") as bar:
         rows = evaluate(model, folders, args.scale, guidances, not args.no_niqe, args.max_images,
-                        progress=lambda name: (bar.set_postfix_str(name), bar.update()))
+                        progress=lambda name: (bar.set_postfix_str(name), bar.update()), ensemble=args.ensemble)
     table = format_table(rows)
     import sys
 

@@ -20,7 +20,7 @@ from .errors import ImageInputError
 from .imageio import pil_to_tensor, tensor_to_pil
 from .models.restorer import OneStepRestorer
 from .ops.color_fix import wavelet_color_fix
-from .ops.guidance import pad_cfg, rand_pad_ensemble
+from .ops.guidance import ENSEMBLE_SIZES, dihedral_ensemble, pad_cfg, rand_pad_ensemble
 from .ops.padding import Pad, check_image_tensor
 from .ops.resize import output_size, resize
 from .ops.tiling import tile_count, tiled_apply
@@ -94,6 +94,7 @@ def restore_grid(
     neg_pad: tuple[int, int, int, int] | None = None,
     branch_mode: str = "batched",
     randpad: int = 0,
+    ensemble: int = 1,
     seed: int = 0,
     tile: int | str = "auto",
     overlap: int = 64,
@@ -105,6 +106,8 @@ def restore_grid(
     (never tile) or a tile size in pixels. On out-of-memory the tile is halved and the
     image retried, down to 128 px. ``progress(done, total)`` is called after every branch
     (sequential PadCFG) or ensemble pass of every tile, so a caller can interrupt per tile.
+    ``ensemble`` (1, 2, 4 or 8): average over that many flips/transposes of each tile
+    (:func:`~gendr_core.ops.guidance.dihedral_ensemble`); n times the compute, same memory.
     """
     if branch_mode not in ("batched", "sequential"):
         raise ValueError(f"branch_mode={branch_mode!r} must be 'batched' or 'sequential'")
@@ -126,13 +129,21 @@ def restore_grid(
     def tile_done(done: int, total: int) -> None:
         tiles["done"] = done
 
+    if ensemble not in ENSEMBLE_SIZES:
+        raise ValueError(f"ensemble={ensemble} must be one of {ENSEMBLE_SIZES}")
+
+    def once(t: Tensor, report: Progress | None) -> Tensor:
+        if randpad:
+            return rand_pad_ensemble(model.predict, t, cond_pos, randpad, multiple=m, generator=gen,
+                                     progress=report)
+        return pad_cfg(model.predict, t, cond_pos, cond_neg, guidance, multiple=m, pos_pad=pos_pad,
+                       neg_pad=neg_pad, batched=branch_mode == "batched", progress=report)
+
     def run(t: Tensor) -> Tensor:
         with torch.no_grad():
-            if randpad:
-                return rand_pad_ensemble(model.predict, t, cond_pos, randpad, multiple=m, generator=gen,
-                                         progress=step)
-            return pad_cfg(model.predict, t, cond_pos, cond_neg, guidance, multiple=m, pos_pad=pos_pad,
-                           neg_pad=neg_pad, batched=branch_mode == "batched", progress=step)
+            if ensemble > 1:
+                return dihedral_ensemble(lambda u: once(u, None), t, ensemble, progress=step)
+            return once(t, step)
 
     b, _, h, w = x.shape
     if tile == "auto":

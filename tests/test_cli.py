@@ -66,3 +66,18 @@ def test_inspect_json(model_file, capsys, tiny_pix):
     assert main(["inspect", model_file, "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["kind"] == "gendr_pix" and info["parameters"] == sum(p.numel() for p in tiny_pix.parameters())
+
+
+def test_upscale_ensemble_flag_matches_the_library(tmp_path, model_file):
+    import numpy as np
+
+    from gendr_core import load_model, upscale
+
+    src = FIXTURES / "kodim23_crop96.png"
+    out = tmp_path / "ens.png"
+    assert main(["upscale", str(src), "-o", str(out), "--model", model_file, "--scale", "2", "--ensemble", "2",
+                 "-q"]) == 0
+    ref = upscale(Image.open(src), load_model(model_file), scale=2, ensemble=2)
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(ref))
+    with pytest.raises(SystemExit):  # argparse rejects sizes outside 1/2/4/8
+        main(["upscale", str(src), "--model", model_file, "--ensemble", "3"])

@@ -36,3 +36,15 @@ def test_identity_model_scores_equal_bicubic_and_protocol_is_deterministic():
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     assert [tuple(x.shape[-2:]) for x in a] == [(16, 20), (48, 48), (16, 16), (24, 24)]  # HR / 4, sorted by name
     assert "| all | bicubic |" in format_table(rows)
+
+
+def test_ensemble_rows_are_labelled_and_exact_for_an_equivariant_model():
+    from gendr_core.config import tiny_gendr_pix_config
+
+    model = Bicubic(tiny_gendr_pix_config()).eval()
+    rows = evaluate(model, [FIXTURES], scale=4, guidances=(1.0,), with_niqe=False, ensemble=8)
+    by = {(r.dataset, r.method): r for r in rows}
+    bic, ens = by[("all", "bicubic")], by[("all", "gendr-pix")]
+    assert (bic.ensemble, ens.ensemble) == (1, 8)
+    assert abs(bic.psnr_y - ens.psnr_y) < 1e-4  # flips of an identity model change nothing
+    assert "| all | gendr-pix (x8 ens.) | 1 |" in format_table(rows)

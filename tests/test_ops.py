@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from gendr_core.ops.color_fix import wavelet_blur, wavelet_color_fix, wavelet_decompose
-from gendr_core.ops.guidance import pad_cfg, rand_pad_ensemble, run_padded
+from gendr_core.ops.guidance import dihedral, dihedral_ensemble, pad_cfg, rand_pad_ensemble, run_padded
 from gendr_core.ops.padding import Pad, crop, crop_to_multiple, pad_fixed, pad_to_multiple, rand_pad, sample_rand_pad
 from gendr_core.ops.resize import output_size, upscale_bicubic
 from gendr_core.ops.shuffle import shuffle, unshuffle
@@ -110,6 +110,28 @@ def test_rand_pad_ensemble_identity_and_mean(gen):
     ens = rand_pad_ensemble(shift, x, c, 3, multiple=8, generator=g1)
     manual = sum(run_padded(shift, x, c, sample_rand_pad(g2), 8) for _ in range(3)) / 3
     torch.testing.assert_close(ens, manual, rtol=0, atol=1e-6)
+
+
+def test_dihedral_group_inverse_and_ensemble_mean(gen):
+    x = torch.rand(2, 3, 5, 7, generator=gen)
+    images = [dihedral(x, k) for k in range(8)]
+    assert [tuple(t.shape[-2:]) for t in images] == [(5, 7)] * 4 + [(7, 5)] * 4
+    assert all(torch.equal(dihedral(t, k, inverse=True), x) for k, t in enumerate(images))
+    assert len({tuple(t.flatten().tolist()) for t in images}) == 8  # eight distinct elements
+    assert torch.equal(dihedral(x, 5), x.flip(-1).transpose(-1, -2))
+    # an equivariant restorer (pointwise) is unchanged by the ensemble; a shift is not
+    torch.testing.assert_close(dihedral_ensemble(lambda t: t * 2, x, 8), x * 2, rtol=0, atol=1e-6)
+    row = torch.arange(4.0).view(1, 1, 1, 4)  # roll by one along W, undone per transform
+    ens = dihedral_ensemble(lambda t: torch.roll(t, 1, dims=-1), row, 2)
+    # identity pass: [3,0,1,2]; flipped pass: flip(roll(flip(row))) = [1,2,3,0]; mean of the two
+    assert ens.flatten().tolist() == [2.0, 1.0, 2.0, 1.0]
+    calls = []
+    dihedral_ensemble(lambda t: t, x, 4, progress=lambda d, n: calls.append((d, n)))
+    assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    with pytest.raises(ValueError, match="ensemble=3"):
+        dihedral_ensemble(lambda t: t, x, 3)
+    with pytest.raises(ValueError, match="k=8"):
+        dihedral(x, 8)
 
 
 def test_resize_sizes_and_range(gen):

@@ -8,6 +8,7 @@ from PIL import Image
 from gendr_core import upscale
 from gendr_core.errors import ImageInputError
 from gendr_core.models import OneStepRestorer
+from gendr_core.ops.resize import resize
 from gendr_core.pipeline import plan_tiles, restore_grid
 
 
@@ -131,3 +132,24 @@ def test_randpad_ensemble_through_pipeline(tiny_pix, gen):
     assert torch.equal(a, b) and a.shape == (1, 3, 64, 64)
     with pytest.raises(ValueError, match="needs guidance=1.0"):
         upscale(x, tiny_pix, scale=2, randpad=3, guidance=2.0)
+
+
+def test_flip_ensemble_through_pipeline_matches_manual_mean(tiny_pix, gen):
+    x = torch.rand(1, 3, 24, 40, generator=gen)  # not square: the transposed passes pad differently
+    ens = upscale(x, tiny_pix, scale=2, ensemble=8, tile="off")
+    assert ens.shape == (1, 3, 48, 80)
+    grid = resize(x, (48, 80), "bicubic")
+    members = []
+    for k in range(8):
+        t = grid
+        t = t.flip(-1) if k & 1 else t
+        t = t.flip(-2) if k & 2 else t
+        t = t.transpose(-1, -2) if k & 4 else t
+        y = restore_grid(t, tiny_pix, tile="off")
+        y = y.transpose(-1, -2) if k & 4 else y
+        y = y.flip(-2) if k & 2 else y
+        members.append(y.flip(-1) if k & 1 else y)
+    torch.testing.assert_close(ens, (sum(members) / 8).clamp(0, 1), rtol=0, atol=1e-5)
+    assert (members[0] - members[5]).abs().max() > 1e-4  # the passes differ, so the mean is not trivial
+    with pytest.raises(ValueError, match="ensemble=3"):
+        upscale(x, tiny_pix, scale=2, ensemble=3)

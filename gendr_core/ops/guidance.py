@@ -100,3 +100,50 @@ def rand_pad_ensemble(
         if progress:
             progress(i + 1, n)
     return acc / n
+
+
+ENSEMBLE_SIZES = (1, 2, 4, 8)
+
+
+def dihedral(x: Tensor, k: int, inverse: bool = False) -> Tensor:
+    """Element ``k`` (0..7) of the dihedral group of the square acting on (..., H, W).
+
+    Bit 0 flips W, bit 1 flips H, bit 2 transposes H and W (applied in that order);
+    ``inverse`` undoes it, so ``dihedral(dihedral(x, k), k, inverse=True) == x`` exactly.
+    """
+    if not 0 <= k < 8:
+        raise ValueError(f"k={k} must be in 0..7")
+    if inverse and k & 4:
+        x = x.transpose(-1, -2)
+    if k & 1:
+        x = x.flip(-1)
+    if k & 2:
+        x = x.flip(-2)
+    if not inverse and k & 4:
+        x = x.transpose(-1, -2)
+    return x
+
+
+def dihedral_ensemble(
+    restore: Callable[[Tensor], Tensor],
+    x: Tensor,
+    n: int,
+    *,
+    progress: Progress | None = None,
+) -> Tensor:
+    """Geometric self-ensemble: mean over the first ``n`` dihedral transforms T_k of T_k^-1(restore(T_k(x))).
+
+    Not part of the GenDR-Pix paper (its own ensemble is RandPad, Eq. 6); it is the flip /
+    transpose averaging common in super-resolution ("EDSR+"). n = 1 is ``restore(x)``; 2 adds
+    the horizontal flip, 4 the vertical flips, 8 the transposes. ``restore`` must map an image
+    to one of the same size (any pad-to-multiple happens inside it). n passes, one at a time.
+    """
+    if n not in ENSEMBLE_SIZES:
+        raise ValueError(f"ensemble={n} must be one of {ENSEMBLE_SIZES}")
+    acc = None
+    for k in range(n):
+        y = dihedral(restore(dihedral(x, k)), k, inverse=True)
+        acc = y if acc is None else acc + y
+        if progress:
+            progress(k + 1, n)
+    return acc if n == 1 else acc / n
