@@ -11,6 +11,7 @@ from torch import Tensor
 
 from ..gendr_core.models import OneStepRestorer
 from ..gendr_core.ops.color_fix import wavelet_color_fix
+from ..gendr_core.ops.guidance import ENSEMBLE_SIZES
 from ..gendr_core.pipeline import upscale
 from .memory import model_on_device, work_bytes
 from .progress import comfy_progress
@@ -19,6 +20,7 @@ from .types import GenDRPixModel
 from .upscale import CATEGORY, tile_arg, tiling_inputs
 
 logger = logging.getLogger(__name__)
+FLIP_OPTIONS = tuple(str(n) for n in ENSEMBLE_SIZES)
 
 
 class GenDRPixRandPad(io.ComfyNode):
@@ -40,6 +42,9 @@ class GenDRPixRandPad(io.ComfyNode):
                              tooltip="Number of random pad offsets averaged (n in Eq. 6). 1 = one random offset."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Seed of the random pad offsets."),
+                io.Combo.Input("flips", options=list(FLIP_OPTIONS), default="1",
+                               tooltip="Geometric self-ensemble: 1 = off, 2 = + horizontal flip, 4 = + vertical "
+                                       "flips, 8 = + transposes. Multiplies the time; memory stays the same."),
                 *tiling_inputs(),
                 io.Mask.Input("mask", optional=True,
                               tooltip="Optional MASK, upscaled bicubically to the output size (as in the sampler)."),
@@ -51,14 +56,14 @@ class GenDRPixRandPad(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, image: Tensor, model: OneStepRestorer, scale: float, passes: int, seed: int, tiling: str,
-                tile_size: int, tile_overlap: int, mask: Tensor | None = None) -> io.NodeOutput:
+    def execute(cls, image: Tensor, model: OneStepRestorer, scale: float, passes: int, seed: int, flips: str,
+                tiling: str, tile_size: int, tile_overlap: int, mask: Tensor | None = None) -> io.NodeOutput:
         rgb, alpha_mask = split_alpha(image)
         x = bhwc_to_bchw(rgb)  # (B,H,W,3) -> (B,3,H,W)
         tile = tile_arg(tiling, tile_size)
         with model_on_device(model, work_bytes(model, x.shape[-2:], x.shape[0], scale, 1, tile)):
-            y = upscale(x, model, scale, 1.0, randpad=passes, seed=seed, tile=tile, overlap=tile_overlap,
-                        progress=comfy_progress())
+            y = upscale(x, model, scale, 1.0, randpad=passes, ensemble=int(flips), seed=seed, tile=tile,
+                        overlap=tile_overlap, progress=comfy_progress())
         out = bchw_to_bhwc(y).to(mm.intermediate_device())  # (B,3,H,W) -> (B,H,W,3)
         out_mask = upscale_mask(mask if mask is not None else alpha_mask, out.shape[1:3], out.shape[0])
         return io.NodeOutput(out, out_mask.to(out.device))

@@ -374,7 +374,8 @@ def test_interrupt_before_node_runs(nodes, model):
 
 
 def randpad_inputs(image, model, **over):
-    kw = dict(image=image, model=model, scale=2.0, passes=3, seed=7, tiling="off", tile_size=512, tile_overlap=64)
+    kw = dict(image=image, model=model, scale=2.0, passes=3, seed=7, flips="1", tiling="off", tile_size=512,
+              tile_overlap=64)
     kw.update(over)
     return kw
 
@@ -392,6 +393,16 @@ def test_randpad_is_seeded_eq6_ensemble_with_progress(nodes, core, model):
     assert not torch.equal(other, out)
     info = comfy_stub.object_info(cls)["input"]["required"]["seed"][1]
     assert info["control_after_generate"] is True
+
+
+def test_randpad_node_flips_run_the_geometric_ensemble(nodes, core, model):
+    image = rand_image(1, 16, 24, 3)
+    out = comfy_stub.execute_node(nodes["GenDRPixRandPad"], **randpad_inputs(image, model, passes=2, flips="4")).args[0]
+    assert [(v, t) for _, v, t in comfy.utils.PROGRESS_EVENTS] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    ref = core.upscale(image.movedim(-1, 1), model, 2.0, 1.0, randpad=2, ensemble=4, seed=7, tile="off")
+    assert out.shape == (1, 32, 48, 3) and torch.equal(out, ref.movedim(1, -1))
+    flips = comfy_stub.object_info(nodes["GenDRPixRandPad"])["input"]["required"]["flips"]
+    assert flips[0] == "COMBO" and flips[1]["options"] == ["1", "2", "4", "8"]
 
 
 def test_randpad_interrupts_between_passes(nodes, model):
