@@ -129,3 +129,17 @@ def test_stage2_recipe_config_restarts_from_the_v2_export_with_its_own_schedule(
     assert (stage2.loss.adversarial, stage2.loss.neg_start_step, stage2.loss.neg_fraction) == (0.0, 6800, 0.25)
     # model, data and degradation are the shipped recipe's, so the v2 weights load into it
     assert (stage2.model, stage2.data, stage2.degradation) == (polish.model, polish.data, polish.degradation)
+
+
+def test_stage3_recipe_config_restarts_from_the_v3_export_with_larger_crops():
+    """gendr_pix_s_stage3.json: L1 restart from the v3 export on 288-px crops, batch 3 (MODEL_CARD.md)."""
+    stage2 = load_config(REPO / "trainers" / "configs" / "gendr_pix_s_stage2.json")
+    stage3 = load_config(REPO / "trainers" / "configs" / "gendr_pix_s_stage3.json")
+    assert stage3.init_from == "runs/gendr-pix-s-v3.safetensors"
+    assert stage3.output_dir == "runs/gendr_pix_s_v4" != stage2.output_dir
+    assert (stage3.data.crop_size, stage3.data.batch_size) == (288, 3)
+    assert stage3.data.crop_size % 12 == 0 and stage3.data.crop_size % stage3.model.pad_multiple == 0
+    assert (stage3.optim.lr, stage3.optim.warmup_steps, stage3.optim.max_steps) == (3e-4, 100, 6000)
+    assert (stage3.loss.adversarial, stage3.loss.neg_start_step, stage3.loss.neg_fraction) == (0.0, 5200, 0.34)
+    assert stage3.model == stage2.model and stage3.degradation == stage2.degradation
+    assert dataclasses.replace(stage3.data, crop_size=192, batch_size=4) == stage2.data
