@@ -42,10 +42,11 @@ class GenDRPixRandPad(io.ComfyNode):
                              tooltip="Number of random pad offsets averaged (n in Eq. 6). 1 = one random offset."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Seed of the random pad offsets."),
+                *tiling_inputs(),
+                # last widget, so workflows saved before it existed keep their values (it gets its default)
                 io.Combo.Input("flips", options=list(FLIP_OPTIONS), default="1",
                                tooltip="Geometric self-ensemble: 1 = off, 2 = + horizontal flip, 4 = + vertical "
                                        "flips, 8 = + transposes. Multiplies the time; memory stays the same."),
-                *tiling_inputs(),
                 io.Mask.Input("mask", optional=True,
                               tooltip="Optional MASK, upscaled bicubically to the output size (as in the sampler)."),
             ],
@@ -56,8 +57,8 @@ class GenDRPixRandPad(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, image: Tensor, model: OneStepRestorer, scale: float, passes: int, seed: int, flips: str,
-                tiling: str, tile_size: int, tile_overlap: int, mask: Tensor | None = None) -> io.NodeOutput:
+    def execute(cls, image: Tensor, model: OneStepRestorer, scale: float, passes: int, seed: int, tiling: str,
+                tile_size: int, tile_overlap: int, flips: str = "1", mask: Tensor | None = None) -> io.NodeOutput:
         rgb, alpha_mask = split_alpha(image)
         x = bhwc_to_bchw(rgb)  # (B,H,W,3) -> (B,3,H,W)
         tile = tile_arg(tiling, tile_size)

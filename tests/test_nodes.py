@@ -403,6 +403,9 @@ def test_randpad_node_flips_run_the_geometric_ensemble(nodes, core, model):
     assert out.shape == (1, 32, 48, 3) and torch.equal(out, ref.movedim(1, -1))
     flips = comfy_stub.object_info(nodes["GenDRPixRandPad"])["input"]["required"]["flips"]
     assert flips[0] == "COMBO" and flips[1]["options"] == ["1", "2", "4", "8"]
+    # flips is the last widget: a workflow saved before it existed keeps its values in place
+    widgets = [i.id for i in nodes["GenDRPixRandPad"].GET_SCHEMA().inputs if i.is_widget]
+    assert widgets == ["scale", "passes", "seed", "tiling", "tile_size", "tile_overlap", "flips"]
 
 
 def test_randpad_interrupts_between_passes(nodes, model):
