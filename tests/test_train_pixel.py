@@ -39,6 +39,26 @@ def test_config_file_parses_into_dataclasses_and_rejects_typos(tmp_path):
         load_config(bad)
 
 
+def test_config_base_merges_sections_and_names_bad_bases(tmp_path):
+    from gendr_core.errors import ConfigError
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.json").write_text(json.dumps({"seed": 3, "data": {"crop_size": 64, "batch_size": 2,
+                                                                      "scales": [2, 4]}, "output_dir": "runs/a"}))
+    (tmp_path / "sub" / "b.json").write_text(json.dumps({"base": "../a.json", "data": {"batch_size": 5,
+                                                                                        "scales": [4]}}))
+    b = load_config(tmp_path / "sub" / "b.json")
+    # nested keys merge (crop_size kept), lists and scalars replace, untouched sections come from the base
+    assert (b.seed, b.data.crop_size, b.data.batch_size, b.data.scales, b.output_dir) == (3, 64, 5, (4,), "runs/a")
+    (tmp_path / "c.json").write_text(json.dumps({"base": "missing.json"}))
+    with pytest.raises(FileNotFoundError, match=r"missing\.json.*'base' of .*c\.json"):
+        load_config(tmp_path / "c.json")
+    (tmp_path / "d.json").write_text(json.dumps({"base": "e.json"}))
+    (tmp_path / "e.json").write_text(json.dumps({"base": "d.json"}))
+    with pytest.raises(ConfigError, match="loops back"):
+        load_config(tmp_path / "d.json")
+
+
 def test_lr_schedule_and_blur():
     from trainers.train_pixel import OptimConfig
 

@@ -141,12 +141,37 @@ class PixelTrainConfig(JSONConfig):
                               f"pad multiple {self.model.pad_multiple}")
 
 
-def load_config(path: str | Path, overrides: dict[str, object] | None = None) -> PixelTrainConfig:
-    """Parse a JSON config file; ``overrides`` set dotted top-level/section fields."""
-    path = Path(path)
+def _read_config_json(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """A config file's JSON with its ``"base"`` (a path relative to the file) merged underneath.
+
+    Sections (JSON objects) merge key by key, recursively; any other value, lists included,
+    replaces the base's. So a follow-up recipe lists only what it changes.
+    """
     if not path.is_file():
-        raise FileNotFoundError(f"training config not found: {path}")
+        raise FileNotFoundError(f"training config not found: {path}"
+                                + (f" (the 'base' of {chain[-1]})" if chain else ""))
+    if path.resolve() in chain:
+        raise ConfigError(f"{path}: 'base' chain loops back to itself: {' -> '.join(map(str, chain + (path,)))}")
     data = json.loads(path.read_text())
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: 'base' must be a config file path, got {base!r}")
+
+    def merge(under: dict, over: dict) -> dict:
+        out = dict(under)
+        for k, v in over.items():
+            out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        return out
+
+    return merge(_read_config_json(path.parent / base, chain + (path.resolve(),)), data)
+
+
+def load_config(path: str | Path, overrides: dict[str, object] | None = None) -> PixelTrainConfig:
+    """Parse a JSON config file (with its ``base`` chain); ``overrides`` set dotted fields."""
+    path = Path(path)
+    data = _read_config_json(path)
     for key, value in (overrides or {}).items():
         node = data
         *parents, leaf = key.split(".")

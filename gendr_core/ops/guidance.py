@@ -146,4 +146,4 @@ def dihedral_ensemble(
         acc = y if acc is None else acc + y
         if progress:
             progress(k + 1, n)
-    return acc if n == 1 else acc / n
+    return acc / n
