@@ -15,9 +15,10 @@ import torch
 pytest.importorskip("accelerate")
 
 from gendr_core import load_model  # noqa: E402
+from gendr_core.errors import ConfigError  # noqa: E402
 from trainers.export import export  # noqa: E402
 from trainers.loop import latest_checkpoint  # noqa: E402
-from trainers.train_pixel import gaussian_blur, load_config, lr_at, train  # noqa: E402
+from trainers.train_pixel import LossConfig, gaussian_blur, load_config, lr_at, train  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "trainers" / "configs" / "tiny_cpu.json"
@@ -92,6 +93,22 @@ def test_tiny_training_loss_decreases_and_exports(tmp_path):
     assert m.config == cfg.model and m.metadata["gendr_pix.train_step"] == "30"
 
 
+def test_mse_only_objective_logs_only_mse_and_loss_weights_are_checked(tmp_path):
+    cfg = _cfg(tmp_path, **{"optim.max_steps": 3, "loss.l1": 0.0, "loss.mse": 2.0, "loss.adversarial": 0.0,
+                            "loss.mfs": 0.0, "val_every": 100, "save_every": 100})
+    out = train(cfg, resume=False)
+    recs = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines() if '"train"' in line]
+    assert [r["step"] for r in recs] == [1, 2, 3]
+    for r in recs:
+        assert "loss_l1" not in r and not any(k.startswith("loss_adv") for k in r)
+        # the total is exactly the weighted MSE term (negative samples only train prompt_neg)
+        assert r["loss"] == pytest.approx(r["loss_mse"], rel=1e-6) and 0 < r["loss_mse"] < 2.0
+    with pytest.raises(ConfigError, match="mse"):
+        LossConfig(mse=-1.0)
+    with pytest.raises(ConfigError, match="all loss weights are 0"):
+        LossConfig(l1=0.0, adversarial=0.0, perceptual=0.0, mfs=0.0)
+
+
 def test_resume_after_kill_loses_at_most_one_interval(tmp_path):
     cfg_path = tmp_path / "cfg.json"
     data = json.loads(TINY.read_text())
@@ -163,3 +180,16 @@ def test_stage3_recipe_config_restarts_from_the_v3_export_with_larger_crops():
     assert (stage3.loss.adversarial, stage3.loss.neg_start_step, stage3.loss.neg_fraction) == (0.0, 5200, 0.34)
     assert stage3.model == stage2.model and stage3.degradation == stage2.degradation
     assert dataclasses.replace(stage3.data, crop_size=192, batch_size=4) == stage2.data
+
+
+def test_stage4_recipe_config_fine_tunes_v4_with_mse_at_x4():
+    """gendr_pix_s_stage4.json: MSE-only x4 fine-tune of the v4 export (MODEL_CARD.md, stage 4)."""
+    stage3 = load_config(REPO / "trainers" / "configs" / "gendr_pix_s_stage3.json")
+    stage4 = load_config(REPO / "trainers" / "configs" / "gendr_pix_s_stage4.json")
+    assert stage4.init_from == "runs/gendr-pix-s-v4.safetensors" and stage4.output_dir == "runs/gendr_pix_s_v5"
+    assert stage4.data.scales == (4,) and stage4.degradation.scales == (4,)
+    assert (stage4.loss.l1, stage4.loss.mse, stage4.loss.neg_start_step) == (0.0, 1.0, 4400)
+    assert (stage4.optim.lr, stage4.optim.warmup_steps, stage4.optim.max_steps) == (2e-4, 100, 5000)
+    assert stage4.model == stage3.model and stage4.val_every == 500
+    assert dataclasses.replace(stage4.data, scales=stage3.data.scales) == stage3.data
+    assert dataclasses.replace(stage4.degradation, scales=stage3.degradation.scales) == stage3.degradation

@@ -85,6 +85,7 @@ class DataConfig(JSONConfig):
 @dataclass(frozen=True)
 class LossConfig(JSONConfig):
     l1: float = 1.0
+    mse: float = 0.0  # weight of a mean-squared-error term (PSNR-oriented fine-tuning; not in the paper)
     adversarial: float = 0.05  # lambda_1
     perceptual: float = 1.0  # lambda_2 (DISTS)
     mfs: float = 0.1  # lambda_3
@@ -95,6 +96,15 @@ class LossConfig(JSONConfig):
     neg_fraction: float = 0.25
     neg_start_step: int = 0  # negative-embedding samples only from this step (they only touch prompt_neg)
     neg_blur_sigma: tuple[float, float] = (1.0, 2.0)
+
+    def __post_init__(self) -> None:
+        weights = {"l1": self.l1, "mse": self.mse, "adversarial": self.adversarial,
+                   "perceptual": self.perceptual, "mfs": self.mfs}
+        bad = {k: v for k, v in weights.items() if v < 0}
+        if bad:
+            raise ConfigError(f"loss weights must be >= 0, got {bad}")
+        if not any(weights.values()):
+            raise ConfigError(f"all loss weights are 0 ({sorted(weights)}): set at least one, e.g. loss.l1 = 1")
 
 
 @dataclass(frozen=True)
@@ -346,7 +356,11 @@ def train(cfg: PixelTrainConfig, resume: bool = True, stop_after: int | None = N
             y = model(x, unwrapped.prompt_pos.expand(b, -1, -1))
         y = y.float()
         yp, hp = y, hr
-        losses = {"l1": l1_loss(y, hr) * cfg.loss.l1}
+        losses = {}
+        if cfg.loss.l1:
+            losses["l1"] = cfg.loss.l1 * l1_loss(y, hr)
+        if cfg.loss.mse:
+            losses["mse"] = cfg.loss.mse * F.mse_loss(y, hr)
         if cfg.loss.mfs:
             losses["mfs"] = cfg.loss.mfs * masked_fourier_loss(yp, hp, half_width=cfg.loss.mfs_half_width)
         if perceptual is not None:
