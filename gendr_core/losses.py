@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "l1_loss",
+    "neg_psnr_loss",
     "artifact_mask",
     "masked_fourier_loss",
     "generator_adv_loss",
@@ -59,6 +60,19 @@ def l1_loss(pred: Tensor, target: Tensor) -> Tensor:
     if pred.shape != target.shape:
         raise ImageInputError(f"l1_loss: shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}")
     return (pred - target).abs().mean()
+
+
+def neg_psnr_loss(pred: Tensor, target: Tensor, eps: float = 1e-10) -> Tensor:
+    """Mean over the batch of ``10 * log10(MSE_i + eps)`` = minus the per-sample PSNR (peak 1), dB.
+
+    Not in the papers: a PSNR-oriented objective. Minimising the per-sample MSE averaged over a
+    batch lets the hardest samples (strong blur, heavy noise: large errors) dominate the gradient;
+    ``d log(MSE_i) = d MSE_i / MSE_i`` weights every sample equally in dB instead, the way an SR
+    benchmark's mean PSNR does. Values are negative (e.g. -30 for a 30 dB restoration).
+    """
+    _check_pair(pred, target, "neg_psnr_loss")
+    mse = (pred - target).pow(2).flatten(1).mean(1)
+    return (10.0 * torch.log10(mse + eps)).mean()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gendr_core.errors import CheckpointFormatError, ConfigError, MissingDependencyError
+from gendr_core.errors import CheckpointFormatError, ConfigError, ImageInputError, MissingDependencyError
 from gendr_core.losses import (
     DISTS,
     EADISTS,
@@ -19,6 +19,7 @@ from gendr_core.losses import (
     generator_adv_loss,
     l1_loss,
     masked_fourier_loss,
+    neg_psnr_loss,
     sobel_magnitude,
 )
 from gendr_core.vgg import L2Pool2d, VGG16Features, convert_vgg16_to_safetensors, load_vgg16_state_dict
@@ -34,6 +35,26 @@ def test_l1_loss_mean() -> None:
     b[0, 0, 0, 0] = 1.25
     # 11 elements at 0.25, one at 1.25 -> (11 * 0.25 + 1.25) / 12
     assert l1_loss(a, b).item() == pytest.approx((11 * 0.25 + 1.25) / 12)
+
+
+def test_neg_psnr_loss_hand_computed_per_sample_mean() -> None:
+    target = torch.zeros(2, 3, 4, 4)
+    pred = target.clone()
+    pred[0] += 0.1  # MSE 1e-2 -> PSNR 20 dB
+    pred[1, :, :2] += 0.01 * math.sqrt(2)  # half the pixels off by 0.01*sqrt(2): MSE 1e-4 -> 40 dB
+    # the mean of the per-sample -PSNR (-30 dB), not -PSNR of the batch MSE (-10 log10(5.05e-3) = -22.97)
+    assert neg_psnr_loss(pred, target).item() == pytest.approx(-30.0, abs=1e-4)
+    assert neg_psnr_loss(target, target).item() == pytest.approx(-100.0)  # eps = 1e-10 caps it
+    pred.requires_grad_(True)
+    neg_psnr_loss(pred, target).backward()
+    g = pred.grad
+    # d(10 log10 m_i)/d pred = (10 / ln 10) * 2 (pred - t) / (n m_i) / B: equal-weighted samples in dB
+    n = 3 * 4 * 4
+    assert g[0, 0, 0, 0].item() == pytest.approx(10 / math.log(10) * 2 * 0.1 / (n * 1e-2) / 2, rel=1e-4)
+    assert g[1, 0, 0, 0].item() == pytest.approx(10 / math.log(10) * 2 * 0.01 * math.sqrt(2) / (n * 1e-4) / 2,
+                                                 rel=1e-3)
+    with pytest.raises(ImageInputError, match="neg_psnr_loss"):
+        neg_psnr_loss(pred, target[:, :, :2])
 
 
 def test_adversarial_losses_hand_computed() -> None:

@@ -93,16 +93,25 @@ def test_tiny_training_loss_decreases_and_exports(tmp_path):
     assert m.config == cfg.model and m.metadata["gendr_pix.train_step"] == "30"
 
 
-def test_mse_only_objective_logs_only_mse_and_loss_weights_are_checked(tmp_path):
-    cfg = _cfg(tmp_path, **{"optim.max_steps": 3, "loss.l1": 0.0, "loss.mse": 2.0, "loss.adversarial": 0.0,
-                            "loss.mfs": 0.0, "val_every": 100, "save_every": 100})
+@pytest.mark.parametrize(("term", "weight"), [("mse", 2.0), ("psnr", 1.0)])
+def test_psnr_oriented_objectives_log_only_their_term(tmp_path, term, weight):
+    cfg = _cfg(tmp_path, **{"optim.max_steps": 3, "loss.l1": 0.0, f"loss.{term}": weight, "loss.adversarial": 0.0,
+                            "loss.mfs": 0.0, "val_every": 3, "save_every": 100})
     out = train(cfg, resume=False)
     recs = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines() if '"train"' in line]
     assert [r["step"] for r in recs] == [1, 2, 3]
     for r in recs:
         assert "loss_l1" not in r and not any(k.startswith("loss_adv") for k in r)
-        # the total is exactly the weighted MSE term (negative samples only train prompt_neg)
-        assert r["loss"] == pytest.approx(r["loss_mse"], rel=1e-6) and 0 < r["loss_mse"] < 2.0
+        # the total is exactly the weighted term (negative samples only train prompt_neg)
+        assert r["loss"] == pytest.approx(r[f"loss_{term}"], rel=1e-6)
+        if term == "mse":
+            assert 0 < r["loss_mse"] < 2.0
+        else:  # -PSNR in dB of an image pair in [0, 1]: between -100 (eps cap) and 0
+            assert -100 < r["loss_psnr"] < 0
+    assert (out / "curves.png").is_file()  # the negative -PSNR series plots on a symlog axis
+
+
+def test_loss_weights_are_checked():
     with pytest.raises(ConfigError, match="mse"):
         LossConfig(mse=-1.0)
     with pytest.raises(ConfigError, match="all loss weights are 0"):
@@ -193,3 +202,13 @@ def test_stage4_recipe_config_fine_tunes_v4_with_mse_at_x4():
     assert stage4.model == stage3.model and stage4.val_every == 500
     assert dataclasses.replace(stage4.data, scales=stage3.data.scales) == stage3.data
     assert dataclasses.replace(stage4.degradation, scales=stage3.degradation.scales) == stage3.degradation
+
+
+def test_stage5_recipe_config_fine_tunes_the_stage4_step1000_export_with_the_psnr_loss():
+    """gendr_pix_s_stage5.json: per-sample -PSNR loss from the stage-4 step-1000 export (MODEL_CARD.md)."""
+    stage4 = load_config(REPO / "trainers" / "configs" / "gendr_pix_s_stage4.json")
+    stage5 = load_config(REPO / "trainers" / "configs" / "gendr_pix_s_stage5.json")
+    assert stage5.init_from == "runs/v5_s1000.safetensors" and stage5.output_dir == "runs/gendr_pix_s_v6"
+    assert (stage5.loss.l1, stage5.loss.mse, stage5.loss.psnr, stage5.loss.neg_start_step) == (0.0, 0.0, 1.0, 2000)
+    assert (stage5.optim.lr, stage5.optim.warmup_steps, stage5.optim.max_steps) == (1e-4, 50, 2500)
+    assert stage5.model == stage4.model and stage5.data == stage4.data and stage5.degradation == stage4.degradation

@@ -139,7 +139,9 @@ def plot_curves(log: JsonlLog, png: Path) -> Path | None:
         pts = [(r["step"], r[key]) for r in train if key in r and math.isfinite(r[key])]
         if pts:
             axes[0].plot(*zip(*pts, strict=True), label=key)
-    axes[0].set(xlabel="step", ylabel="loss", yscale="log", title="training losses")
+    # -PSNR terms are negative: a log axis cannot show them, a symmetric-log one can
+    signs_ok = all(r[k] > 0 for r in train for k in r if k.startswith("loss") and math.isfinite(r[k]))
+    axes[0].set(xlabel="step", ylabel="loss", yscale="log" if signs_ok else "symlog", title="training losses")
     axes[0].legend(fontsize=7)
     if val:
         axes[1].plot([r["step"] for r in val], [r["psnr_y"] for r in val], "o-", label="model")
