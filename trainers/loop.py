@@ -146,8 +146,8 @@ def plot_curves(log: JsonlLog, png: Path) -> Path | None:
     if val:
         axes[1].plot([r["step"] for r in val], [r["psnr_y"] for r in val], "o-", label="model")
         axes[1].plot([r["step"] for r in val], [r["psnr_y_bicubic"] for r in val], "--", label="bicubic")
+        axes[1].legend()
     axes[1].set(xlabel="step", ylabel="PSNR-Y (dB)", title="validation")
-    axes[1].legend()
     fig.tight_layout()
     tmp = png.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=90)
