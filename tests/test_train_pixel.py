@@ -212,3 +212,15 @@ def test_stage5_recipe_config_fine_tunes_the_stage4_step1000_export_with_the_psn
     assert (stage5.loss.l1, stage5.loss.mse, stage5.loss.psnr, stage5.loss.neg_start_step) == (0.0, 0.0, 1.0, 2000)
     assert (stage5.optim.lr, stage5.optim.warmup_steps, stage5.optim.max_steps) == (1e-4, 50, 2500)
     assert stage5.model == stage4.model and stage5.data == stage4.data and stage5.degradation == stage4.degradation
+
+
+def test_stage6_recipe_config_continues_the_psnr_loss_at_x2_to_x4():
+    """gendr_pix_s_stage6.json (in progress): -PSNR loss from the v6 export at the x2-x4 scale mix."""
+    first = load_config(REPO / "trainers" / "configs" / "gendr_pix_s.json")
+    stage5 = load_config(REPO / "trainers" / "configs" / "gendr_pix_s_stage5.json")
+    stage6 = load_config(REPO / "trainers" / "configs" / "gendr_pix_s_stage6.json")
+    assert stage6.init_from == "runs/gendr-pix-s-v6.safetensors" and stage6.output_dir == "runs/gendr_pix_s_v7"
+    assert stage6.data.scales == stage6.degradation.scales == first.data.scales == (2, 3, 4, 4, 4, 4)
+    assert (stage6.loss.psnr, stage6.loss.neg_start_step, stage6.optim.max_steps) == (1.0, 3500, 5000)
+    assert dataclasses.replace(stage6.degradation, scales=(4,)) == stage5.degradation
+    assert stage6.model == stage5.model
