@@ -69,6 +69,8 @@ def neg_psnr_loss(pred: Tensor, target: Tensor, eps: float = 1e-10) -> Tensor:
     batch lets the hardest samples (strong blur, heavy noise: large errors) dominate the gradient;
     ``d log(MSE_i) = d MSE_i / MSE_i`` weights every sample equally in dB instead, the way an SR
     benchmark's mean PSNR does. Values are negative (e.g. -30 for a 30 dB restoration).
+    Unlike ``metrics.psnr`` (float64, ``inf`` for identical images, a report) this keeps the input
+    dtype and the graph, and ``eps`` caps it at -100 dB so a perfect sample cannot give -inf.
     """
     _check_pair(pred, target, "neg_psnr_loss")
     mse = (pred - target).pow(2).flatten(1).mean(1)

@@ -121,6 +121,13 @@ class JsonlLog:
         self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
 
 
+def loss_axis_scale(train_records: list[dict]) -> str:
+    """``"log"`` when every finite ``loss*`` value is positive, else ``"symlog"`` (-PSNR terms are
+    negative, and a log axis cannot show them)."""
+    positive = all(r[k] > 0 for r in train_records for k in r if k.startswith("loss") and math.isfinite(r[k]))
+    return "log" if positive else "symlog"
+
+
 def plot_curves(log: JsonlLog, png: Path) -> Path | None:
     """Loss and validation PSNR curves as a PNG (needs matplotlib; skipped otherwise)."""
     try:
@@ -139,9 +146,7 @@ def plot_curves(log: JsonlLog, png: Path) -> Path | None:
         pts = [(r["step"], r[key]) for r in train if key in r and math.isfinite(r[key])]
         if pts:
             axes[0].plot(*zip(*pts, strict=True), label=key)
-    # -PSNR terms are negative: a log axis cannot show them, a symmetric-log one can
-    signs_ok = all(r[k] > 0 for r in train for k in r if k.startswith("loss") and math.isfinite(r[k]))
-    axes[0].set(xlabel="step", ylabel="loss", yscale="log" if signs_ok else "symlog", title="training losses")
+    axes[0].set(xlabel="step", ylabel="loss", yscale=loss_axis_scale(train), title="training losses")
     axes[0].legend(fontsize=7)
     if val:
         axes[1].plot([r["step"] for r in val], [r["psnr_y"] for r in val], "o-", label="model")
