@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import CheckpointFormatError, ConfigError, ImageInputError, MissingDependencyError
+from .metrics import rgb_to_y
 from .vgg import DISTS_CHANNELS, VGG16Features, load_vgg16_state_dict, read_tensor_file, vgg_weights_hint
 
 logger = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "l1_loss",
     "neg_psnr_loss",
+    "neg_psnr_y_loss",
     "artifact_mask",
     "masked_fourier_loss",
     "generator_adv_loss",
@@ -75,6 +77,22 @@ def neg_psnr_loss(pred: Tensor, target: Tensor, eps: float = 1e-10) -> Tensor:
     _check_pair(pred, target, "neg_psnr_loss")
     mse = (pred - target).pow(2).flatten(1).mean(1)
     return (10.0 * torch.log10(mse + eps)).mean()
+
+
+def neg_psnr_y_loss(pred: Tensor, target: Tensor, eps: float = 1e-10) -> Tensor:
+    """:func:`neg_psnr_loss` on the BT.601 luma (``metrics.rgb_to_y``): minus the per-sample PSNR-Y, dB.
+
+    Not in the papers: the training-side twin of the benchmark metric ``metrics.psnr_y`` (without its
+    border crop and 8-bit rounding). Luma on the [0,1] scale with peak 1 gives the same dB as
+    MATLAB's [0,255] luma with peak 255, and the 16/255 offset cancels in the difference, so
+    ``-neg_psnr_y_loss`` equals ``metrics.psnr_y(pred, target)`` up to ``eps``. Errors along the
+    chroma axes cost nothing here, so pair it with a small RGB term (``neg_psnr_loss``) in training.
+    pred, target: (B,3,H,W) RGB.
+    """
+    _check_pair(pred, target, "neg_psnr_y_loss")
+    if pred.shape[1] != 3:
+        raise ImageInputError(f"neg_psnr_y_loss: expected RGB (B,3,H,W), got shape {tuple(pred.shape)}")
+    return neg_psnr_loss(rgb_to_y(pred), rgb_to_y(target), eps)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -20,8 +20,10 @@ from gendr_core.losses import (
     l1_loss,
     masked_fourier_loss,
     neg_psnr_loss,
+    neg_psnr_y_loss,
     sobel_magnitude,
 )
+from gendr_core.metrics import psnr_y
 from gendr_core.vgg import L2Pool2d, VGG16Features, convert_vgg16_to_safetensors, load_vgg16_state_dict
 
 # ------------------------------------------------------------------------------------------------
@@ -55,6 +57,25 @@ def test_neg_psnr_loss_hand_computed_per_sample_mean() -> None:
                                                  rel=1e-3)
     with pytest.raises(ImageInputError, match="neg_psnr_loss"):
         neg_psnr_loss(pred, target[:, :, :2])
+
+
+def test_neg_psnr_y_loss_scores_luma_only() -> None:
+    target = torch.full((2, 3, 4, 4), 0.5)
+    pred = target.clone()
+    # sample 0: +0.1 on R only -> luma error 65.481/255 * 0.1 -> PSNR-Y = -20 log10(0.0256788...)
+    pred[0, 0] += 0.1
+    # sample 1: a pure chroma change (dR, dG, dB) orthogonal to the luma weights -> luma error 0
+    w = torch.tensor([65.481, 128.553, 24.966]) / 255.0
+    d = torch.tensor([128.553, -65.481, 0.0]) / 255.0 * 0.05  # w . d = 0
+    assert float(w @ d) == pytest.approx(0.0, abs=1e-7)
+    pred[1] += d.view(3, 1, 1)
+    expected0 = 20 * math.log10(65.481 / 255 * 0.1)  # -PSNR-Y in dB = 10 log10(MSE_Y)
+    expected = (expected0 + 10 * math.log10(1e-10)) / 2  # sample 1 sits at the -100 dB eps cap
+    assert neg_psnr_y_loss(pred, target).item() == pytest.approx(expected, abs=2e-3)
+    # and it is minus the benchmark metric on sample 0 (peak 255 on [0,255] luma == peak 1 on [0,1])
+    assert -neg_psnr_y_loss(pred[:1], target[:1]).item() == pytest.approx(float(psnr_y(pred[:1], target[:1])), abs=1e-4)
+    with pytest.raises(ImageInputError, match="neg_psnr_y_loss"):
+        neg_psnr_y_loss(pred[:, :1], target[:, :1])
 
 
 def test_adversarial_losses_hand_computed() -> None:

@@ -93,7 +93,7 @@ def test_tiny_training_loss_decreases_and_exports(tmp_path):
     assert m.config == cfg.model and m.metadata["gendr_pix.train_step"] == "30"
 
 
-@pytest.mark.parametrize(("term", "weight"), [("mse", 2.0), ("psnr", 1.0)])
+@pytest.mark.parametrize(("term", "weight"), [("mse", 2.0), ("psnr", 1.0), ("psnr_y", 1.0)])
 def test_psnr_oriented_objectives_log_only_their_term(tmp_path, term, weight):
     cfg = _cfg(tmp_path, **{"optim.max_steps": 3, "loss.l1": 0.0, f"loss.{term}": weight, "loss.adversarial": 0.0,
                             "loss.mfs": 0.0, "val_every": 3, "save_every": 100})
@@ -107,7 +107,7 @@ def test_psnr_oriented_objectives_log_only_their_term(tmp_path, term, weight):
         if term == "mse":
             assert 0 < r["loss_mse"] < 2.0
         else:  # -PSNR in dB of an image pair in [0, 1]: between -100 (eps cap) and 0
-            assert -100 < r["loss_psnr"] < 0
+            assert -100 < r[f"loss_{term}"] < 0
     assert (out / "curves.png").is_file()
     assert loss_axis_scale(recs) == ("log" if term == "mse" else "symlog")  # -PSNR is negative
 
@@ -115,6 +115,8 @@ def test_psnr_oriented_objectives_log_only_their_term(tmp_path, term, weight):
 def test_loss_weights_are_checked():
     with pytest.raises(ConfigError, match="mse"):
         LossConfig(mse=-1.0)
+    with pytest.raises(ConfigError, match="psnr_y"):
+        LossConfig(psnr_y=-0.5)
     with pytest.raises(ConfigError, match="all loss weights are 0"):
         LossConfig(l1=0.0, adversarial=0.0, perceptual=0.0, mfs=0.0)
 
@@ -216,7 +218,7 @@ def test_stage5_recipe_config_fine_tunes_the_stage4_step1000_export_with_the_psn
 
 
 def test_stage6_recipe_config_continues_the_psnr_loss_at_x2_to_x4():
-    """gendr_pix_s_stage6.json (in progress): -PSNR loss from the v6 export at the x2-x4 scale mix."""
+    """gendr_pix_s_stage6.json (stopped, not shipped): -PSNR loss from the v6 export at the x2-x4 scale mix."""
     first = load_config(REPO / "trainers" / "configs" / "gendr_pix_s.json")
     stage5 = load_config(REPO / "trainers" / "configs" / "gendr_pix_s_stage5.json")
     stage6 = load_config(REPO / "trainers" / "configs" / "gendr_pix_s_stage6.json")
@@ -225,3 +227,13 @@ def test_stage6_recipe_config_continues_the_psnr_loss_at_x2_to_x4():
     assert (stage6.loss.psnr, stage6.loss.neg_start_step, stage6.optim.max_steps) == (1.0, 3500, 5000)
     assert dataclasses.replace(stage6.degradation, scales=(4,)) == stage5.degradation
     assert stage6.model == stage5.model
+
+
+def test_stage7_recipe_config_fine_tunes_v6_with_the_luma_psnr_loss():
+    """gendr_pix_s_stage7.json: -PSNR-Y (+ 0.25 x RGB -PSNR) from the v6 export at x4 (MODEL_CARD.md)."""
+    stage5 = load_config(REPO / "trainers" / "configs" / "gendr_pix_s_stage5.json")
+    stage7 = load_config(REPO / "trainers" / "configs" / "gendr_pix_s_stage7.json")
+    assert stage7.init_from == "runs/gendr-pix-s-v6.safetensors" and stage7.output_dir == "runs/gendr_pix_s_stage7"
+    assert (stage7.loss.l1, stage7.loss.mse, stage7.loss.psnr, stage7.loss.psnr_y) == (0.0, 0.0, 0.25, 1.0)
+    assert (stage7.loss.neg_start_step, stage7.optim.lr, stage7.optim.max_steps) == (2000, 1e-4, 3500)
+    assert stage7.model == stage5.model and stage7.data == stage5.data and stage7.degradation == stage5.degradation

@@ -9,9 +9,10 @@ with lambda = (0.05, 1, 0.1) by default (Eq. 4, Alg. 1) and D a light discrimina
 pixel-unshuffled RandPad-ed images trained with softplus(-D(randpad(x_h))) +
 softplus(D(randpad(sg[y]))). L_P is DISTS (or EA-DISTS) and needs ImageNet VGG16 weights
 from a local file (``loss.perceptual_weights``); with none given, set ``loss.perceptual`` to 0.
-``loss.l1`` weights the first term. ``loss.mse`` and ``loss.psnr`` add a mean-squared-error
-term and a per-sample -PSNR term (``losses.neg_psnr_loss``). Neither is in the paper: they are
-PSNR-oriented fine-tuning objectives (MODEL_CARD.md, stages 4 and 5).
+``loss.l1`` weights the first term. ``loss.mse``, ``loss.psnr`` and ``loss.psnr_y`` add a
+mean-squared-error term, a per-sample -PSNR term on RGB (``losses.neg_psnr_loss``) and one on the
+BT.601 luma the benchmarks score (``losses.neg_psnr_y_loss``). None is in the paper: they are
+PSNR-oriented fine-tuning objectives (MODEL_CARD.md, stages 4, 5 and 7).
 
 Negative embedding (for PadCFG): a fraction of every batch is trained with the negative
 prompt embedding against a *blurred* HQ target. G(x, c-) thus learns a softer restoration,
@@ -51,6 +52,7 @@ from gendr_core.losses import (
     l1_loss,
     masked_fourier_loss,
     neg_psnr_loss,
+    neg_psnr_y_loss,
 )
 from gendr_core.metrics import psnr_y
 from gendr_core.models import GenDRPix
@@ -91,6 +93,7 @@ class LossConfig(JSONConfig):
     l1: float = 1.0
     mse: float = 0.0  # weight of a mean-squared-error term (PSNR-oriented fine-tuning; not in the paper)
     psnr: float = 0.0  # weight of losses.neg_psnr_loss (per-sample -PSNR in dB; not in the paper)
+    psnr_y: float = 0.0  # weight of losses.neg_psnr_y_loss (per-sample -PSNR-Y in dB; not in the paper)
     adversarial: float = 0.05  # lambda_1
     perceptual: float = 1.0  # lambda_2 (DISTS)
     mfs: float = 0.1  # lambda_3
@@ -103,7 +106,8 @@ class LossConfig(JSONConfig):
     neg_blur_sigma: tuple[float, float] = (1.0, 2.0)
 
     def __post_init__(self) -> None:
-        weights = {"l1": self.l1, "mse": self.mse, "psnr": self.psnr, "adversarial": self.adversarial,
+        weights = {"l1": self.l1, "mse": self.mse, "psnr": self.psnr, "psnr_y": self.psnr_y,
+                   "adversarial": self.adversarial,
                    "perceptual": self.perceptual, "mfs": self.mfs}
         bad = {k: v for k, v in weights.items() if v < 0}
         if bad:
@@ -368,6 +372,8 @@ def train(cfg: PixelTrainConfig, resume: bool = True, stop_after: int | None = N
             losses["mse"] = cfg.loss.mse * F.mse_loss(y, hr)
         if cfg.loss.psnr:
             losses["psnr"] = cfg.loss.psnr * neg_psnr_loss(y, hr)
+        if cfg.loss.psnr_y:
+            losses["psnr_y"] = cfg.loss.psnr_y * neg_psnr_y_loss(y, hr)
         if cfg.loss.mfs:
             losses["mfs"] = cfg.loss.mfs * masked_fourier_loss(yp, hp, half_width=cfg.loss.mfs_half_width)
         if perceptual is not None:
