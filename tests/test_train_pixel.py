@@ -237,3 +237,15 @@ def test_stage7_recipe_config_fine_tunes_v6_with_the_luma_psnr_loss():
     assert (stage7.loss.l1, stage7.loss.mse, stage7.loss.psnr, stage7.loss.psnr_y) == (0.0, 0.0, 0.25, 1.0)
     assert (stage7.loss.neg_start_step, stage7.optim.lr, stage7.optim.max_steps) == (2000, 1e-4, 3500)
     assert stage7.model == stage5.model and stage7.data == stage5.data and stage7.degradation == stage5.degradation
+
+
+def test_stage8_recipe_config_continues_stage7_on_384px_crops():
+    """gendr_pix_s_stage8.json: stage 7's losses from the v7 export on 384-px crops, batch 2 (MODEL_CARD.md)."""
+    stage7 = load_config(REPO / "trainers" / "configs" / "gendr_pix_s_stage7.json")
+    stage8 = load_config(REPO / "trainers" / "configs" / "gendr_pix_s_stage8.json")
+    assert stage8.init_from == "runs/gendr-pix-s-v7.safetensors" and stage8.output_dir == "runs/gendr_pix_s_stage8"
+    assert (stage8.data.crop_size, stage8.data.batch_size) == (384, 2)
+    assert dataclasses.replace(stage8.data, crop_size=288, batch_size=3) == stage7.data
+    assert dataclasses.replace(stage8.loss, neg_start_step=2000) == stage7.loss
+    assert (stage8.loss.neg_start_step, stage8.optim.lr, stage8.optim.max_steps) == (4000, 1e-4, 6000)
+    assert stage8.model == stage7.model and stage8.degradation == stage7.degradation
