@@ -12,7 +12,7 @@ from a local file (``loss.perceptual_weights``); with none given, set ``loss.per
 ``loss.l1`` weights the first term. ``loss.mse``, ``loss.psnr`` and ``loss.psnr_y`` add a
 mean-squared-error term, a per-sample -PSNR term on RGB (``losses.neg_psnr_loss``) and one on the
 BT.601 luma the benchmarks score (``losses.neg_psnr_y_loss``). None is in the paper: they are
-PSNR-oriented fine-tuning objectives (MODEL_CARD.md, stages 4, 5 and 7).
+PSNR-oriented fine-tuning objectives (MODEL_CARD.md, stages 4, 5, 7 and 8).
 
 Negative embedding (for PadCFG): a fraction of every batch is trained with the negative
 prompt embedding against a *blurred* HQ target. G(x, c-) thus learns a softer restoration,
