@@ -107,8 +107,7 @@ class LossConfig(JSONConfig):
 
     def __post_init__(self) -> None:
         weights = {"l1": self.l1, "mse": self.mse, "psnr": self.psnr, "psnr_y": self.psnr_y,
-                   "adversarial": self.adversarial,
-                   "perceptual": self.perceptual, "mfs": self.mfs}
+                   "adversarial": self.adversarial, "perceptual": self.perceptual, "mfs": self.mfs}
         bad = {k: v for k, v in weights.items() if v < 0}
         if bad:
             raise ConfigError(f"loss weights must be >= 0, got {bad}")
