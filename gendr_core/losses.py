@@ -8,12 +8,14 @@ Algorithm 1)::
             + 0.1 * masked_fourier_loss(x_g, x_r)
 
 RandPad (GenDR-Pix Eq. 3) lives in ``gendr_core.ops.padding`` and is applied to the discriminator
-inputs by the trainer; none of the losses here need it.
+inputs by the trainer; none of the losses here need it.  Without VGG16 weights the Stage II trainer
+uses :func:`feature_matching_loss` on the frozen discriminator backbone's features as L_P.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -35,7 +37,11 @@ __all__ = [
     "masked_fourier_loss",
     "generator_adv_loss",
     "discriminator_adv_loss",
+    "channel_normalise",
+    "feature_matching_loss",
     "dists_similarity",
+    "load_dists_alpha_beta",
+    "DISTS_ALPHA_BETA_PATH",
     "sobel_magnitude",
     "DISTS",
     "EADISTS",
@@ -213,17 +219,75 @@ def masked_fourier_loss(
 # --------------------------------------------------------------------------------------------------
 
 
-def generator_adv_loss(fake_logits: Tensor) -> Tensor:
+Logits = Tensor | Sequence[Tensor]
+
+
+def _mean_over_maps(logits: Logits, fn, name: str) -> Tensor:
+    """``fn`` applied elementwise, averaged per logit map, then over the maps (one map per
+    discriminator head/depth, maps of different sizes weigh the same)."""
+    if isinstance(logits, Tensor):
+        return fn(logits).mean()
+    maps = list(logits)
+    if not maps:
+        raise ImageInputError(f"{name}: got an empty list of logit maps")
+    return sum(fn(m).mean() for m in maps) / len(maps)
+
+
+def generator_adv_loss(fake_logits: Logits) -> Tensor:
     """Non-saturating generator loss ``mean softplus(-D(fake))`` (GenDR-Pix Eq. 4, the
-    ``lambda_1 * sp[-h(x_g)]`` term of Algorithm 1; the discriminator must not be updated by it)."""
-    return F.softplus(-fake_logits).mean()
+    ``lambda_1 * sp[-h(x_g)]`` term of Algorithm 1; the discriminator must not be updated by it).
+
+    ``fake_logits``: one logit tensor, or a list of logit maps (one per discriminator head); a list
+    gives the mean over heads of each head's mean."""
+    return _mean_over_maps(fake_logits, lambda t: F.softplus(-t), "generator_adv_loss")
 
 
-def discriminator_adv_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+def discriminator_adv_loss(real_logits: Logits, fake_logits: Logits) -> Tensor:
     """Discriminator loss ``mean softplus(-D(real)) + mean softplus(D(fake))`` (GenDR-Pix Eq. 1/4,
     Algorithm 1 ``L_phi``).  ``fake_logits`` must come from detached generator outputs.  The two
-    means are taken separately, so real and fake batches may differ in size/shape."""
-    return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+    means are taken separately, so real and fake batches may differ in size/shape.  Lists of logit
+    maps (one per head) are averaged over heads as in :func:`generator_adv_loss`."""
+    return (_mean_over_maps(real_logits, lambda t: F.softplus(-t), "discriminator_adv_loss")
+            + _mean_over_maps(fake_logits, F.softplus, "discriminator_adv_loss"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Feature matching on a frozen generator's features (perceptual term without VGG16)
+# --------------------------------------------------------------------------------------------------
+
+
+def channel_normalise(f: Tensor, eps: float = 1e-6) -> Tensor:
+    """``f / sqrt(mean_c f^2 + eps)``: every spatial position's feature vector scaled to unit RMS
+    over the channels. (B,C,H,W) -> (B,C,H,W), float32 or wider."""
+    if f.dim() != 4:
+        raise ImageInputError(f"channel_normalise: expected (B,C,H,W) features, got shape {tuple(f.shape)}")
+    if f.dtype not in (torch.float32, torch.float64):
+        f = f.float()
+    return f * torch.rsqrt(f.pow(2).mean(dim=1, keepdim=True) + eps)
+
+
+def feature_matching_loss(feats_x: Sequence[Tensor], feats_y: Sequence[Tensor], eps: float = 1e-6) -> Tensor:
+    """Perceptual term L_P used when no VGG16 is given (not in the paper, which uses DISTS):
+
+        L_FM(x, y) = 1/K * sum_k mean | N(phi_k(x)) - N(phi_k(y)) |,   N = :func:`channel_normalise`
+
+    over the K feature maps ``phi_k`` of a frozen network (for Stage II: the frozen previous-stage
+    generator that the discriminator reads, ``FrozenGeneratorFeatures``), the mean taken over
+    B*C_k*H_k*W_k.  Channel normalisation (unit RMS over channels, as LPIPS normalises its VGG
+    features but with RMS instead of the L2 norm so that values do not shrink with C_k) makes depths
+    of different widths and activation scales weigh alike.  Pass ``feats_y`` computed without grad
+    (the target).  Returns a float32 scalar.
+    """
+    fx, fy = list(feats_x), list(feats_y)
+    if len(fx) != len(fy) or not fx:
+        raise ImageInputError(f"feature_matching_loss: need the same non-zero number of feature maps, "
+                              f"got {len(fx)} and {len(fy)}")
+    terms = []
+    for k, (a, b) in enumerate(zip(fx, fy, strict=True)):
+        if a.shape != b.shape:
+            raise ImageInputError(f"feature_matching_loss: depth {k} shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
+        terms.append((channel_normalise(a, eps) - channel_normalise(b, eps)).abs().mean())
+    return sum(terms) / len(terms)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -253,10 +317,23 @@ def dists_similarity(fx: Tensor, fy: Tensor, c1: float = 1e-6, c2: float = 1e-6)
     return s1, s2
 
 
-def _load_dists_alpha_beta(path: str | Path) -> tuple[Tensor, Tensor]:
-    """Read DISTS alpha/beta from the official ``weights.pt`` (keys alpha, beta) or a safetensors
-    file with the same keys; each must have 1475 elements.  Returns (1,1475,1,1) float32 each."""
-    path = Path(path).expanduser()
+#: The official DISTS alpha/beta (DISTS_pytorch==0.1 ``weights.pt``, MIT; see assets/NOTICE_DISTS.md).
+DISTS_ALPHA_BETA_PATH = Path(__file__).resolve().parent / "assets" / "dists_alpha_beta.safetensors"
+
+
+def load_dists_alpha_beta(path: str | Path | None = None) -> tuple[Tensor, Tensor]:
+    """DISTS alpha/beta, each (1,1475,1,1) float32, from ``path`` (default: the shipped official
+    weights, :data:`DISTS_ALPHA_BETA_PATH`).
+
+    ``path`` may be the official ``weights.pt`` (read with ``torch.load(weights_only=True)``) or a
+    safetensors file with the same keys ``alpha`` and ``beta`` of 1475 elements each.
+    """
+    path = DISTS_ALPHA_BETA_PATH if path is None else Path(path).expanduser()
+    if not path.is_file() and path == DISTS_ALPHA_BETA_PATH:
+        raise FileNotFoundError(
+            f"the official DISTS alpha/beta file {path} is missing (the package was installed without its "
+            "assets?); reinstall gendr-pix or pass dists_weights= a copy of DISTS_pytorch's weights.pt"
+        )
     raw = read_tensor_file(path, "DISTS alpha/beta weights")
     total = sum(DISTS_CHANNELS)
     out: list[Tensor] = []
@@ -287,9 +364,10 @@ class DISTS(nn.Module):
     Args:
         vgg_weights: local ImageNet VGG16 weights (``.safetensors`` preferred, or torchvision
             ``.pth``).  ``None`` is only allowed with ``allow_random=True`` (tests).
-        dists_weights: optional official DISTS ``weights.pt`` / safetensors with ``alpha``, ``beta``.
-            When absent, uniform alpha = beta (= 1/2950 after normalisation) are used: every channel of
-            every stage weighs the same and structure and texture terms weigh the same.
+        dists_weights: alpha/beta file; ``None`` (the default, and what DISTS means) loads the
+            official weights shipped in ``assets/dists_alpha_beta.safetensors``. Another
+            ``weights.pt`` / safetensors with ``alpha``, ``beta`` is an explicit override (a
+            re-trained DISTS, or tests); there is no uniform fallback.
         allow_random: build a seeded random VGG when ``vgg_weights`` is None (meaningless as a
             perceptual loss; for tests only).
         seed: seed of the random init.
@@ -323,13 +401,7 @@ class DISTS(nn.Module):
             self.vgg.init_random(seed)
         else:
             self.vgg.load_weights(load_vgg16_state_dict(vgg_weights))
-        total = sum(DISTS_CHANNELS)
-        if dists_weights is None:
-            logger.info("DISTS: no alpha/beta file given; using uniform alpha = beta (documented default)")
-            alpha = torch.full((1, total, 1, 1), 0.1)
-            beta = torch.full((1, total, 1, 1), 0.1)
-        else:
-            alpha, beta = _load_dists_alpha_beta(dists_weights)
+        alpha, beta = load_dists_alpha_beta(dists_weights)
         self.register_buffer("alpha", alpha)
         self.register_buffer("beta", beta)
         self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)

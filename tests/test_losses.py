@@ -12,14 +12,18 @@ import torch.nn.functional as F
 from gendr_core.errors import CheckpointFormatError, ConfigError, ImageInputError, MissingDependencyError
 from gendr_core.losses import (
     DISTS,
+    DISTS_ALPHA_BETA_PATH,
     EADISTS,
     artifact_mask,
+    channel_normalise,
     discriminator_adv_loss,
     dists_similarity,
+    feature_matching_loss,
     generator_adv_loss,
     l1_loss,
     masked_fourier_loss,
     neg_psnr_loss,
+    load_dists_alpha_beta,
     neg_psnr_y_loss,
     sobel_magnitude,
 )
@@ -89,6 +93,37 @@ def test_adversarial_losses_hand_computed() -> None:
     real, fake = torch.full((2,), 2.0), torch.full((3, 1, 2), -3.0)
     expected_d = math.log1p(math.exp(-2.0)) + math.log1p(math.exp(-3.0))
     assert discriminator_adv_loss(real, fake).item() == pytest.approx(expected_d)
+
+
+def test_adversarial_losses_over_lists_of_logit_maps() -> None:
+    """One map per discriminator head: mean over heads of each head's mean (maps of any size)."""
+    maps = [torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 1, 1)]
+    assert generator_adv_loss(maps).item() == pytest.approx((math.log(2.0) + math.log1p(math.exp(-1.0))) / 2)
+    fake = [torch.full((1, 1, 3, 3), -1.0), torch.zeros(1, 1, 1, 1)]
+    expected = (math.log(2.0) + math.log1p(math.exp(-1.0))) / 2 + (math.log1p(math.exp(-1.0)) + math.log(2.0)) / 2
+    assert discriminator_adv_loss(maps, fake).item() == pytest.approx(expected)
+    with pytest.raises(ImageInputError, match="empty"):
+        generator_adv_loss([])
+
+
+def test_feature_matching_loss_hand_computed() -> None:
+    # depth 0: 2 channels at 2 positions. x: (3,4) and (0,1); y: (4,3) and (0,1)
+    x0 = torch.tensor([[[[3.0, 0.0]], [[4.0, 1.0]]]])  # (1,2,1,2)
+    y0 = torch.tensor([[[[4.0, 0.0]], [[3.0, 1.0]]]])
+    # RMS over channels at position 0 is sqrt(12.5) for both: |3-4|/sqrt(12.5) per channel; position 1 equal
+    d0 = 2 * (1 / math.sqrt(12.5)) / 4
+    # depth 1: one channel, x = 2, y = -2 -> normalised +1 and -1
+    x1, y1 = torch.full((1, 1, 1, 1), 2.0), torch.full((1, 1, 1, 1), -2.0)
+    assert d0 == pytest.approx(0.1414214, rel=1e-6)
+    assert feature_matching_loss([x0, x1], [y0, y1]).item() == pytest.approx((d0 + 2.0) / 2, rel=1e-5)
+    # channel normalisation: unit RMS over channels, invariant to a positive scale per depth
+    n = channel_normalise(x0)
+    assert n.pow(2).mean(dim=1).flatten().tolist() == pytest.approx([1.0, 1.0], rel=1e-5)
+    assert feature_matching_loss([x0, x1], [5 * x0, 0.5 * x1]).item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ImageInputError, match="depth 1"):
+        feature_matching_loss([x0, x1], [y0, torch.zeros(1, 2, 1, 1)])
+    with pytest.raises(ImageInputError, match="same non-zero number"):
+        feature_matching_loss([x0], [y0, y1])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -241,6 +276,50 @@ def test_dists_similarity_hand_computed() -> None:
     s1, s2 = dists_similarity(fx, torch.full_like(fx, 2.0))  # mu_y 2, var_y 0, cov 0
     assert s1.item() == pytest.approx((10 + c) / (10.25 + c), rel=1e-6)
     assert s2.item() == pytest.approx(c / (1.25 + c), rel=1e-4)
+
+
+OFFICIAL_DISTS_WEIGHTS = Path("/tmp/dists/DISTS_pytorch/weights.pt")
+
+
+def test_dists_uses_the_official_alpha_beta(dists: DISTS) -> None:
+    """DISTS(...) with no override loads the shipped DISTS_pytorch==0.1 weights (NOTICE_DISTS.md)."""
+    alpha, beta = load_dists_alpha_beta()
+    assert DISTS_ALPHA_BETA_PATH.is_file() and (DISTS_ALPHA_BETA_PATH.parent / "NOTICE_DISTS.md").is_file()
+    assert alpha.shape == beta.shape == (1, 1475, 1, 1)
+    assert alpha.sum().item() == pytest.approx(0.8760496, abs=1e-6)
+    assert beta.sum().item() == pytest.approx(0.1239502, abs=1e-6)
+    assert alpha.flatten()[0].item() == pytest.approx(0.02106655, rel=1e-5)
+    assert beta.flatten()[0].item() == pytest.approx(0.02053877, rel=1e-5)
+    assert beta.min().item() == 0.0 and alpha.min().item() > 0
+    assert torch.equal(dists.alpha, alpha) and torch.equal(dists.beta, beta)
+    if OFFICIAL_DISTS_WEIGHTS.is_file():  # the wheel's own file, where it is unpacked
+        ref = torch.load(OFFICIAL_DISTS_WEIGHTS, map_location="cpu", weights_only=True)
+        assert torch.equal(ref["alpha"], alpha) and torch.equal(ref["beta"], beta)
+
+
+def test_dists_value_by_the_formula(dists: DISTS, images: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """1 - sum_k sum_c (a_kc S1_kc + b_kc S2_kc) / (sum a + sum b), computed here in float64 with
+    explicit loops over the six stages, on the random-VGG features of the module."""
+    x, y = images
+    with torch.no_grad():
+        fx, fy = dists.features(x), dists.features(y)
+    alpha, beta = (t.double().flatten() for t in load_dists_alpha_beta())
+    w = alpha.sum() + beta.sum()
+    c, start, expected = 1e-6, 0, torch.ones(2, dtype=torch.float64)
+    for a, b in zip(fx, fy, strict=True):
+        a, b = a.double().flatten(2), b.double().flatten(2)  # (B,C,N)
+        n_c = a.shape[1]
+        ma, mb = a.mean(2), b.mean(2)
+        va, vb = a.var(2, unbiased=False), b.var(2, unbiased=False)
+        cov = ((a - ma[..., None]) * (b - mb[..., None])).mean(2)
+        s1 = (2 * ma * mb + c) / (ma**2 + mb**2 + c)
+        s2 = (2 * cov + c) / (va + vb + c)
+        expected -= (s1 * alpha[start : start + n_c]).sum(1) / w + (s2 * beta[start : start + n_c]).sum(1) / w
+        start += n_c
+    assert start == 1475
+    got = dists(x, y, reduction="none")
+    torch.testing.assert_close(got.double(), expected, rtol=0, atol=2e-5)
+    assert 0 < float(got.min()) and float(got.max()) < 1
 
 
 def test_dists_identity_positive_symmetric(dists: DISTS, images: tuple[torch.Tensor, torch.Tensor]) -> None:
