@@ -1,4 +1,6 @@
-"""Pieces shared by the trainer scripts: accelerate set-up, checkpoints, logs, plots.
+"""Pieces shared by the trainer scripts (``train_pixel``, ``train_stage2``): typed data/optimiser
+config sections, config files with a ``"base"`` chain, accelerate set-up, the LR schedule, EMA,
+validation, checkpoints with resume, logs and plots. One copy of each.
 
 Checkpoint folder ``<out>/checkpoints/step_XXXXXXX/`` holds accelerate's ``save_state``
 (model/optimizer/RNG), ``ema.safetensors`` (EMA generator weights), ``train_state.json``
@@ -15,18 +17,104 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from gendr_core.errors import MissingDependencyError
+from gendr_core.checkpoint import load_state_dict, read_header, resolve_model_path
+from gendr_core.config import JSONConfig
+from gendr_core.degradation import degrade_fixed
+from gendr_core.errors import ConfigError, MissingDependencyError
+from gendr_core.imageio import load_image
+from gendr_core.metrics import psnr_y
+from gendr_core.ops.padding import crop_to_multiple
+from gendr_core.ops.resize import resize
+from gendr_core.pipeline import restore_grid
 
 logger = logging.getLogger(__name__)
 
 CKPT_PREFIX = "step_"
+C = TypeVar("C")
+
+
+# ----------------------------------------------------------------------------- config sections
+
+
+@dataclass(frozen=True)
+class DataConfig(JSONConfig):
+    train_dirs: tuple[str, ...] = ("../shared/data/train_hr",)
+    val_dirs: tuple[str, ...] = ("../shared/data/val/Set5/HR", "../shared/data/val/Set14/HR")
+    crop_size: int = 192
+    batch_size: int = 8
+    scales: tuple[int, ...] = (2, 3, 4)
+    num_workers: int = 0
+    val_crop: int = 256  # centre crop of each val image (0 = whole image)
+    val_scale: int = 4
+
+
+@dataclass(frozen=True)
+class OptimConfig(JSONConfig):
+    lr: float = 2e-4
+    disc_lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 0.0
+    warmup_steps: int = 200
+    schedule: str = "cosine"  # or "constant"
+    min_lr_ratio: float = 0.05
+    max_steps: int = 10000
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("cosine", "constant"):
+            raise ConfigError(f"optim.schedule={self.schedule!r} must be 'cosine' or 'constant'")
+
+
+def read_config_json(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """A config file's JSON with its ``"base"`` (a path relative to the file) merged underneath.
+
+    Sections (JSON objects) merge key by key, recursively; any other value, lists included,
+    replaces the base's. So a follow-up recipe lists only what it changes.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"training config not found: {path}"
+                                + (f" (the 'base' of {chain[-1]})" if chain else ""))
+    if path.resolve() in chain:
+        raise ConfigError(f"{path}: 'base' chain loops back to itself: {' -> '.join(map(str, chain + (path,)))}")
+    data = json.loads(path.read_text())
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: 'base' must be a config file path, got {base!r}")
+
+    def merge(under: dict, over: dict) -> dict:
+        out = dict(under)
+        for k, v in over.items():
+            out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        return out
+
+    return merge(read_config_json(path.parent / base, chain + (path.resolve(),)), data)
+
+
+def load_config(cls: type[C], path: str | Path, overrides: dict[str, object] | None = None) -> C:
+    """Parse a JSON config file (with its ``base`` chain) into ``cls``; ``overrides`` set dotted fields."""
+    path = Path(path)
+    data = read_config_json(path)
+    for key, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return cls.from_dict(data, where=str(path))  # type: ignore[attr-defined]
+
+
+# ----------------------------------------------------------------------------- set-up, schedule, EMA
 
 
 def require_accelerate():
@@ -35,6 +123,109 @@ def require_accelerate():
     except ImportError:
         raise MissingDependencyError("training needs accelerate: pip install '.[train]'") from None
     return accelerate
+
+
+def setup_accelerator(out: Path, mixed_precision: str, threads: int, seed: int):
+    """accelerate ``Accelerator`` for ``out``, torch threads, seeds, logging; returns (module, accelerator)."""
+    accelerate = require_accelerate()
+    acc = accelerate.Accelerator(mixed_precision=mixed_precision, project_dir=str(out))
+    if threads:
+        torch.set_num_threads(threads)
+    accelerate.utils.set_seed(seed)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return accelerate, acc
+
+
+def lr_at(step: int, o: OptimConfig) -> float:
+    """Linear warm-up then cosine decay to ``min_lr_ratio`` (or constant)."""
+    if step < o.warmup_steps:
+        return (step + 1) / o.warmup_steps
+    if o.schedule == "constant":
+        return 1.0
+    p = min(1.0, (step - o.warmup_steps) / max(1, o.max_steps - o.warmup_steps))
+    return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p))
+
+
+def make_schedulers(opt_g, opt_d, o: OptimConfig, step: int, d_start: int) -> list:
+    """LambdaLR(lr_at) for the generator and discriminator optimisers, fast-forwarded to ``step``
+    (the discriminator's schedule starts at ``d_start``, when adversarial training begins)."""
+    scheds = [torch.optim.lr_scheduler.LambdaLR(opt, lambda s, _o=o: lr_at(s, _o), last_epoch=-1)
+              for opt in (opt_g, opt_d)]
+    for _ in range(step):
+        scheds[0].step()
+    for _ in range(max(0, step - d_start)):
+        scheds[1].step()
+    return scheds
+
+
+@torch.no_grad()
+def ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * weights, for every floating tensor of the model."""
+    for k, v in model.state_dict().items():
+        if v.is_floating_point():
+            ema[k].lerp_(v.detach().to(ema[k].dtype), 1 - decay)
+        else:
+            ema[k].copy_(v)
+
+
+def load_init_weights(model: torch.nn.Module, init_from: str, where: str = "init_from") -> Path:
+    """Load a model file's weights into ``model``; its config must equal ``model.config``."""
+    path = resolve_model_path(init_from)
+    _, init_cfg, _ = read_header(path)
+    if init_cfg != model.config:
+        raise ConfigError(f"{where}={path}: its model config differs from the training config's 'model'")
+    model.load_state_dict(load_state_dict(path, {k: v.shape for k, v in model.state_dict().items()}))
+    return path
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def load_val_set(val_dirs: Sequence[str], val_crop: int, scale: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(hr, lr) pairs: HR centre crops (``val_crop``, 0 = whole image) degraded by the fixed
+    evaluation degradation at ``scale``."""
+    paths = sorted(p for d in val_dirs if Path(d).is_dir() for p in Path(d).rglob("*")
+                   if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    if not paths:
+        logger.warning("no validation images found in %s; validation disabled", list(val_dirs))
+        return []
+    pairs = []
+    for i, p in enumerate(paths):
+        hr, _, _ = load_image(p)
+        h, w = hr.shape[-2:]
+        if val_crop:
+            top, left = max(0, (h - val_crop) // 2), max(0, (w - val_crop) // 2)
+            hr = hr[..., top : top + val_crop, left : left + val_crop]
+        hr = crop_to_multiple(hr, scale)
+        pairs.append((hr, degrade_fixed(hr, scale, seed=i)))
+    return pairs
+
+
+@torch.no_grad()
+def validate(model, pairs, scale: int, teacher_outputs: Sequence[torch.Tensor] | None = None) -> dict[str, float]:
+    """Mean PSNR-Y (border ``scale``) of ``model`` and of bicubic against HR; with
+    ``teacher_outputs`` (one per pair) also the teacher's own PSNR-Y against HR
+    (``psnr_y_teacher``), the model's PSNR-Y against the teacher (``psnr_y_to_teacher``) and
+    the mean L1 between model and teacher (``l1_to_teacher``)."""
+    ps, pb, pt, pmt, l1t = [], [], [], [], []
+    for i, (hr, lr) in enumerate(pairs):
+        grid = resize(lr, tuple(hr.shape[-2:]), "bicubic")
+        sr = restore_grid(grid, model, tile="off").clamp(0, 1)
+        ps.append(float(psnr_y(sr, hr, crop_border=scale)))
+        pb.append(float(psnr_y(grid, hr, crop_border=scale)))
+        if teacher_outputs is not None:
+            t = teacher_outputs[i].to(sr)
+            pt.append(float(psnr_y(t, hr, crop_border=scale)))
+            pmt.append(float(psnr_y(sr, t, crop_border=scale)))
+            l1t.append(float((sr - t).abs().mean()))
+    out = {"psnr_y": sum(ps) / len(ps), "psnr_y_bicubic": sum(pb) / len(pb)}
+    if teacher_outputs is not None:
+        out.update(psnr_y_teacher=sum(pt) / len(pt), psnr_y_to_teacher=sum(pmt) / len(pmt),
+                   l1_to_teacher=sum(l1t) / len(l1t))
+    return out
+
+
+# ----------------------------------------------------------------------------- checkpoints
 
 
 def checkpoint_dir(out: Path, step: int) -> Path:
@@ -79,6 +270,19 @@ def load_checkpoint(accelerator, path: Path) -> tuple[int, dict[str, torch.Tenso
     accelerator.load_state(str(path))
     step = json.loads((path / "train_state.json").read_text())["step"]
     return step, load_file(str(path / "ema.safetensors"))
+
+
+def resume_from_latest(accelerator, out: Path, log: JsonlLog, ema: dict[str, torch.Tensor],
+                       resume: bool = True) -> tuple[int, dict[str, torch.Tensor]]:
+    """Restore the newest complete checkpoint under ``out`` (when ``resume``): returns (step, EMA)
+    and drops log records newer than that step; (0, ``ema``) when there is none."""
+    ckpt = latest_checkpoint(out) if resume else None
+    if ckpt is None:
+        return 0, ema
+    step, ema_sd = load_checkpoint(accelerator, ckpt)
+    log.truncate_after(step)
+    logger.info("resumed from %s at step %d", ckpt, step)
+    return step, {k: v.to(torch.float32) for k, v in ema_sd.items()}
 
 
 class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
@@ -149,9 +353,13 @@ def plot_curves(log: JsonlLog, png: Path) -> Path | None:
     axes[0].set(xlabel="step", ylabel="loss", yscale=loss_axis_scale(train), title="training losses")
     axes[0].legend(fontsize=7)
     if val:
-        axes[1].plot([r["step"] for r in val], [r["psnr_y"] for r in val], "o-", label="model")
-        axes[1].plot([r["step"] for r in val], [r["psnr_y_bicubic"] for r in val], "--", label="bicubic")
-        axes[1].legend()
+        steps = [r["step"] for r in val]
+        axes[1].plot(steps, [r["psnr_y"] for r in val], "o-", label="model vs HR")
+        axes[1].plot(steps, [r["psnr_y_bicubic"] for r in val], "--", label="bicubic vs HR")
+        if all("psnr_y_teacher" in r for r in val):
+            axes[1].plot(steps, [r["psnr_y_teacher"] for r in val], ":", label="teacher vs HR")
+            axes[1].plot(steps, [r["psnr_y_to_teacher"] for r in val], "s-", label="model vs teacher")
+        axes[1].legend(fontsize=7)
     axes[1].set(xlabel="step", ylabel="PSNR-Y (dB)", title="validation")
     fig.tight_layout()
     tmp = png.with_suffix(".tmp.png")

@@ -38,12 +38,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from gendr_core.checkpoint import read_header, resolve_model_path
 from gendr_core.config import GenDRPixConfig, JSONConfig
 from gendr_core.data import HRFolderDataset, collate_pairs
-from gendr_core.degradation import DegradationConfig, degrade_fixed
+from gendr_core.degradation import DegradationConfig
 from gendr_core.errors import ConfigError
-from gendr_core.imageio import load_image
 from gendr_core.losses import (
     DISTS,
     EADISTS,
@@ -54,38 +52,32 @@ from gendr_core.losses import (
     neg_psnr_loss,
     neg_psnr_y_loss,
 )
-from gendr_core.metrics import psnr_y
 from gendr_core.models import GenDRPix
 from gendr_core.models.discriminators import PixelUnshuffleDiscriminator
-from gendr_core.ops.padding import crop_to_multiple, rand_pad
+from gendr_core.ops.padding import rand_pad
 from gendr_core.ops.resize import resize
-from gendr_core.pipeline import restore_grid
 from trainers.loop import (
+    DataConfig,
     JsonlLog,
+    OptimConfig,
     StepBatchSampler,
-    latest_checkpoint,
-    load_checkpoint,
+    ema_update,
+    load_init_weights,
+    load_val_set,
+    lr_at,  # noqa: F401  (re-exported: the tests import it from here)
+    make_schedulers,
     plot_curves,
-    require_accelerate,
+    resume_from_latest,
     save_checkpoint,
+    setup_accelerator,
+    validate,
 )
+from trainers.loop import load_config as load_config_as
 
 logger = logging.getLogger("trainers.train_pixel")
 
 
 # ----------------------------------------------------------------------------- config
-
-
-@dataclass(frozen=True)
-class DataConfig(JSONConfig):
-    train_dirs: tuple[str, ...] = ("../shared/data/train_hr",)
-    val_dirs: tuple[str, ...] = ("../shared/data/val/Set5/HR", "../shared/data/val/Set14/HR")
-    crop_size: int = 192
-    batch_size: int = 8
-    scales: tuple[int, ...] = (2, 3, 4)
-    num_workers: int = 0
-    val_crop: int = 256  # centre crop of each val image (0 = whole image)
-    val_scale: int = 4
 
 
 @dataclass(frozen=True)
@@ -116,24 +108,6 @@ class LossConfig(JSONConfig):
 
 
 @dataclass(frozen=True)
-class OptimConfig(JSONConfig):
-    lr: float = 2e-4
-    disc_lr: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.99)
-    weight_decay: float = 0.0
-    warmup_steps: int = 200
-    schedule: str = "cosine"  # or "constant"
-    min_lr_ratio: float = 0.05
-    max_steps: int = 10000
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-
-    def __post_init__(self) -> None:
-        if self.schedule not in ("cosine", "constant"):
-            raise ConfigError(f"optim.schedule={self.schedule!r} must be 'cosine' or 'constant'")
-
-
-@dataclass(frozen=True)
 class PixelTrainConfig(JSONConfig):
     model: GenDRPixConfig = field(default_factory=GenDRPixConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -159,44 +133,9 @@ class PixelTrainConfig(JSONConfig):
                               f"pad multiple {self.model.pad_multiple}")
 
 
-def _read_config_json(path: Path, chain: tuple[Path, ...] = ()) -> dict:
-    """A config file's JSON with its ``"base"`` (a path relative to the file) merged underneath.
-
-    Sections (JSON objects) merge key by key, recursively; any other value, lists included,
-    replaces the base's. So a follow-up recipe lists only what it changes.
-    """
-    if not path.is_file():
-        raise FileNotFoundError(f"training config not found: {path}"
-                                + (f" (the 'base' of {chain[-1]})" if chain else ""))
-    if path.resolve() in chain:
-        raise ConfigError(f"{path}: 'base' chain loops back to itself: {' -> '.join(map(str, chain + (path,)))}")
-    data = json.loads(path.read_text())
-    base = data.pop("base", None)
-    if base is None:
-        return data
-    if not isinstance(base, str):
-        raise ConfigError(f"{path}: 'base' must be a config file path, got {base!r}")
-
-    def merge(under: dict, over: dict) -> dict:
-        out = dict(under)
-        for k, v in over.items():
-            out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-        return out
-
-    return merge(_read_config_json(path.parent / base, chain + (path.resolve(),)), data)
-
-
 def load_config(path: str | Path, overrides: dict[str, object] | None = None) -> PixelTrainConfig:
     """Parse a JSON config file (with its ``base`` chain); ``overrides`` set dotted fields."""
-    path = Path(path)
-    data = _read_config_json(path)
-    for key, value in (overrides or {}).items():
-        node = data
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return PixelTrainConfig.from_dict(data, where=str(path))
+    return load_config_as(PixelTrainConfig, path, overrides)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -216,69 +155,13 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return y.reshape(b, c, h, w)
 
 
-def lr_at(step: int, o: OptimConfig) -> float:
-    """Linear warm-up then cosine decay to ``min_lr_ratio`` (or constant)."""
-    if step < o.warmup_steps:
-        return (step + 1) / o.warmup_steps
-    if o.schedule == "constant":
-        return 1.0
-    p = min(1.0, (step - o.warmup_steps) / max(1, o.max_steps - o.warmup_steps))
-    return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p))
-
-
-@torch.no_grad()
-def ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * weights, for every floating tensor of the model."""
-    for k, v in model.state_dict().items():
-        if v.is_floating_point():
-            ema[k].lerp_(v.detach().to(ema[k].dtype), 1 - decay)
-        else:
-            ema[k].copy_(v)
-
-
-def load_val_set(cfg: PixelTrainConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(hr, lr) pairs: HR centre crops degraded by the fixed evaluation degradation."""
-    paths = sorted(p for d in cfg.data.val_dirs if Path(d).is_dir() for p in Path(d).rglob("*")
-                   if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-    if not paths:
-        logger.warning("no validation images found in %s; validation disabled", cfg.data.val_dirs)
-        return []
-    s, pairs = cfg.data.val_scale, []
-    for i, p in enumerate(paths):
-        hr, _, _ = load_image(p)
-        h, w = hr.shape[-2:]
-        c = cfg.data.val_crop
-        if c:
-            top, left = max(0, (h - c) // 2), max(0, (w - c) // 2)
-            hr = hr[..., top : top + c, left : left + c]
-        hr = crop_to_multiple(hr, s)
-        pairs.append((hr, degrade_fixed(hr, s, seed=i)))
-    return pairs
-
-
-@torch.no_grad()
-def validate(model: GenDRPix, pairs, scale: int) -> dict[str, float]:
-    ps, pb = [], []
-    for hr, lr in pairs:
-        grid = resize(lr, tuple(hr.shape[-2:]), "bicubic")
-        sr = restore_grid(grid, model, tile="off").clamp(0, 1)
-        ps.append(float(psnr_y(sr, hr, crop_border=scale)))
-        pb.append(float(psnr_y(grid, hr, crop_border=scale)))
-    return {"psnr_y": sum(ps) / len(ps), "psnr_y_bicubic": sum(pb) / len(pb)}
-
-
 # ----------------------------------------------------------------------------- main
 
 
 def train(cfg: PixelTrainConfig, resume: bool = True, stop_after: int | None = None) -> Path:
     """Train until ``optim.max_steps`` (or ``stop_after`` more steps); returns output_dir."""
-    accelerate = require_accelerate()
     out = Path(cfg.output_dir)
-    acc = accelerate.Accelerator(mixed_precision=cfg.mixed_precision, project_dir=str(out))
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    accelerate.utils.set_seed(cfg.seed)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _, acc = setup_accelerator(out, cfg.mixed_precision, cfg.threads, cfg.seed)
 
     # -- model
     model = GenDRPix(cfg.model)
@@ -290,13 +173,7 @@ def train(cfg: PixelTrainConfig, resume: bool = True, stop_after: int | None = N
             model.unet.conv_out.weight.zero_()
             model.unet.conv_out.bias.zero_()
     if cfg.init_from:
-        from gendr_core.checkpoint import load_state_dict
-
-        path = resolve_model_path(cfg.init_from)
-        _, init_cfg, _ = read_header(path)
-        if init_cfg != cfg.model:
-            raise ConfigError(f"init_from={path}: its model config differs from the training config's 'model'")
-        model.load_state_dict(load_state_dict(path, {k: v.shape for k, v in model.state_dict().items()}))
+        load_init_weights(model, cfg.init_from)
     model.prompt_pos.requires_grad_(True)
     model.prompt_neg.requires_grad_(True)
     if cfg.gradient_checkpointing:
@@ -317,13 +194,7 @@ def train(cfg: PixelTrainConfig, resume: bool = True, stop_after: int | None = N
 
     # -- resume
     log = JsonlLog(out / "train_log.jsonl")
-    step = 0
-    ckpt = latest_checkpoint(out) if resume else None
-    if ckpt is not None:
-        step, ema_sd = load_checkpoint(acc, ckpt)
-        ema = {k: v.to(torch.float32) for k, v in ema_sd.items()}
-        log.truncate_after(step)
-        logger.info("resumed from %s at step %d", ckpt, step)
+    step, ema = resume_from_latest(acc, out, log, ema, resume)
     end = o.max_steps if stop_after is None else min(o.max_steps, step + stop_after)
 
     # -- data
@@ -334,19 +205,15 @@ def train(cfg: PixelTrainConfig, resume: bool = True, stop_after: int | None = N
     sampler = StepBatchSampler(bsz, step, end)
     dl = torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=cfg.data.num_workers,
                                      collate_fn=collate_pairs, persistent_workers=cfg.data.num_workers > 0)
-    val_pairs = load_val_set(cfg) if acc.is_main_process and cfg.val_every else []
+    val_pairs = (load_val_set(cfg.data.val_dirs, cfg.data.val_crop, cfg.data.val_scale)
+                 if acc.is_main_process and cfg.val_every else [])
     resolved = json.loads(cfg.to_json())
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(resolved, indent=2, sort_keys=True))
 
     unwrapped = acc.unwrap_model(model)
-    scheds = [torch.optim.lr_scheduler.LambdaLR(opt, lambda s, _o=o: lr_at(s, _o), last_epoch=-1)
-              for opt in (opt_g, opt_d)]
-    for _ in range(step):
-        scheds[0].step()
-    for _ in range(max(0, step - cfg.loss.adv_start_step)):
-        scheds[1].step()
+    scheds = make_schedulers(opt_g, opt_d, o, step, cfg.loss.adv_start_step)
     pbar = tqdm(total=end, initial=step, disable=not acc.is_main_process, desc="train", dynamic_ncols=True)
     t0, seen = time.time(), 0
     gen = torch.Generator().manual_seed(cfg.seed + 17 * step + 1)
