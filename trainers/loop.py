@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,10 +152,12 @@ def make_schedulers(opt_g, opt_d, o: OptimConfig, step: int, d_start: int) -> li
     (the discriminator's schedule starts at ``d_start``, when adversarial training begins)."""
     scheds = [torch.optim.lr_scheduler.LambdaLR(opt, lambda s, _o=o: lr_at(s, _o), last_epoch=-1)
               for opt in (opt_g, opt_d)]
-    for _ in range(step):
-        scheds[0].step()
-    for _ in range(max(0, step - d_start)):
-        scheds[1].step()
+    with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": intended when resuming
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(step):
+            scheds[0].step()
+        for _ in range(max(0, step - d_start)):
+            scheds[1].step()
     return scheds
 
 

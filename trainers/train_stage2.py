@@ -1,0 +1,524 @@
+"""GenDR-Pix Stage II (Algorithm 1, "Remove Decoder"): adversarial distillation of a pixel-space
+student from a teacher, with the frozen previous-stage generator as the discriminator.
+
+Notation of Algorithm 1 (Stage II) and Eq. 3-4:
+
+    x_g = G_psi(x_l; t, c)         the student, initialised psi <- theta from ``init_from``
+    x_r                             the reference: precomputed teacher targets (``targets``: shards
+                                    written by trainers/make_teacher_targets.py), or a teacher run
+                                    online (``teacher``: a model file for gendr_core.teachers),
+                                    or, with neither, the HQ image x_h itself (then the "distillation"
+                                    is plain supervised training with the paper's losses)
+    d = G_theta(.; t, c)            the frozen previous-stage generator's encoder-half features
+                                    (``disc_backbone``, default = ``init_from``),
+                                    gendr_core.models.discriminators.FrozenGeneratorFeatures
+    h_phi                           small trainable heads, one per feature depth (DiscriminatorHeads)
+
+    L_phi = sp[-h_phi(sg[d(randpad(x_h))])] + sp[h_phi(sg[d(randpad(sg[x_g]))])]          (Eq. 4, 2nd line)
+    L_psi = |x_r - x_g|_1 + l1 * sp[-h_sg[phi](d(randpad(x_g)))] + l2 * L_P(x_r, x_g)
+            + l3 * L_F(x_r, x_g)                                                           (Alg. 1, Eq. 4)
+
+with (l1, l2, l3) = (0.05, 1, 0.1) (Sec. 5.1), sp = softplus, L_F = losses.masked_fourier_loss (Eq. 2),
+RandPad = pad [p, 8 - p] per side, p uniform in {0..7}, reflect (Eq. 3; Fig. 10's randint(0, 8) would
+include 8, we follow the equation), drawn per sample. Each step updates phi first, then psi, as in
+Algorithm 1; the generator term uses the just-updated heads with their weights held fixed.
+
+Readings where the paper is silent or ambiguous (each is a config key):
+
+* ``loss.randpad_generator`` (default true): the generator's adversarial input is RandPad-ed too.
+  Eq. 4's generator line reads softplus(-G_1(y_stu)) with no randpad, while D is only ever trained on
+  randpad-ed inputs. Feeding G's term at the one fixed phase would let the student fit the 8x8
+  unshuffle phase that RandPad exists to hide (Sec. 4.1) and shows D inputs of a size (H, not H+8)
+  and border it never trained on; applying the same augmentation to fakes in both steps is also
+  what differentiable augmentation for GANs requires. Set false for the literal Eq. 4.
+* ``loss.perceptual_kind``: the paper's L_P is DISTS (A.1). "dists" needs local ImageNet VGG16
+  weights (``loss.vgg16`` / ``--vgg16 FILE``; the official DISTS alpha/beta ship with gendr_core).
+  Without VGG16, "feature_matching": losses.feature_matching_loss between the frozen backbone's
+  features of x_g and x_r (the same features D reads, no RandPad). "auto" picks DISTS when
+  ``loss.vgg16`` is set. The resolved choice is written to config.json and the log's run record.
+* The PadCFG negative embedding (``prompt_neg``) stays as initialised (frozen): Stage II has no
+  negative-prompt objective, and the pixel trainer's blurred-target re-fit would fight the
+  detail this stage adds. The positive embedding trains with the UNet.
+* The real input of D is x_h (Alg. 1: d_h = G_theta(x_h)), not the teacher output.
+
+Run:  python -m trainers.train_stage2 --config trainers/configs/gendr_pix_s_detail.json [--vgg16 FILE]
+Resume is automatic from the newest checkpoint in ``output_dir`` (``--no-resume`` to restart;
+``--stop-after N`` for time-boxed sessions). Export with ``python -m trainers.export OUTPUT_DIR -o m.safetensors``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from gendr_core.checkpoint import load_model, read_header, resolve_model_path
+from gendr_core.config import GenDRPixConfig, JSONConfig
+from gendr_core.data import HRFolderDataset, collate_pairs
+from gendr_core.degradation import DegradationConfig
+from gendr_core.errors import ConfigError
+from gendr_core.losses import (
+    DISTS,
+    discriminator_adv_loss,
+    feature_matching_loss,
+    generator_adv_loss,
+    l1_loss,
+    masked_fourier_loss,
+)
+from gendr_core.models import GenDRPix
+from gendr_core.models.discriminators import DiscriminatorHeads, FrozenGeneratorFeatures, rand_pad_per_sample
+from gendr_core.ops.resize import resize
+from trainers.loop import (
+    DataConfig,
+    JsonlLog,
+    OptimConfig,
+    StepBatchSampler,
+    ema_update,
+    load_init_weights,
+    load_val_set,
+    make_schedulers,
+    plot_curves,
+    resume_from_latest,
+    save_checkpoint,
+    setup_accelerator,
+    validate,
+)
+from trainers.loop import load_config as load_config_as
+
+logger = logging.getLogger("trainers.train_stage2")
+
+PERCEPTUAL_KINDS = ("auto", "dists", "feature_matching")
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class Stage2LossConfig(JSONConfig):
+    l1: float = 1.0  # |x_r - x_g|_1
+    adversarial: float = 0.05  # lambda_1 (Sec. 5.1)
+    perceptual: float = 1.0  # lambda_2
+    mfs: float = 0.1  # lambda_3
+    mfs_half_width: int = 1  # s of Eq. 2
+    perceptual_kind: str = "auto"  # "auto" | "dists" | "feature_matching" (resolved at start)
+    vgg16: str | None = None  # local ImageNet VGG16 weights for DISTS
+    adv_start_step: int = 0  # adversarial terms (G and D) from this step
+    randpad_generator: bool = True  # RandPad the generator's D input as well (see module docstring)
+
+    def __post_init__(self) -> None:
+        weights = {"l1": self.l1, "adversarial": self.adversarial, "perceptual": self.perceptual, "mfs": self.mfs}
+        bad = {k: v for k, v in weights.items() if v < 0}
+        if bad:
+            raise ConfigError(f"loss weights must be >= 0, got {bad}")
+        if not any(weights.values()):
+            raise ConfigError(f"all loss weights are 0 ({sorted(weights)}): set at least one, e.g. loss.l1 = 1")
+        if self.perceptual_kind not in PERCEPTUAL_KINDS:
+            raise ConfigError(f"loss.perceptual_kind={self.perceptual_kind!r} must be one of {list(PERCEPTUAL_KINDS)}")
+        if self.perceptual_kind == "dists" and not self.vgg16:
+            raise ConfigError("loss.perceptual_kind='dists' needs loss.vgg16 (a local ImageNet VGG16 weights file, "
+                              "or --vgg16 FILE); use 'feature_matching' or 'auto' without one")
+
+
+@dataclass(frozen=True)
+class DiscConfig(JSONConfig):
+    depths: tuple[int, ...] = ()  # () = every down block + the mid block (0 = conv_in, n + 1 = mid)
+    head_channels: int = 64
+    spectral_norm: bool = False
+
+
+@dataclass(frozen=True)
+class Stage2Config(JSONConfig):
+    model: GenDRPixConfig | None = None  # None = the config stored in init_from
+    init_from: str | None = None  # student init (a GenDR-Pix model file); required
+    disc_backbone: str | None = None  # frozen previous-stage generator for D; None = init_from
+    teacher: str | None = None  # model file run online by gendr_core.teachers.load_teacher
+    targets: str | None = None  # folder of precomputed (hr, lr, xr) shards (gendr_core.data.TeacherPairShards)
+    val_teacher: str | None = None  # teacher for the validation columns only; None = teacher
+    data: DataConfig = field(default_factory=lambda: DataConfig(batch_size=4, scales=(4,)))
+    loss: Stage2LossConfig = field(default_factory=Stage2LossConfig)
+    disc: DiscConfig = field(default_factory=DiscConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, disc_lr=1e-4, warmup_steps=50,
+                                                                   schedule="constant", max_steps=3000))
+    degradation: DegradationConfig | None = None  # LR synthesis without shards; None = Real-ESRGAN defaults
+    output_dir: str = "runs/stage2"
+    seed: int = 0
+    mixed_precision: str = "no"  # "no" | "bf16" | "fp16"
+    gradient_checkpointing: bool = False
+    threads: int = 0
+    log_every: int = 10
+    val_every: int = 200
+    save_every: int = 100
+    keep_checkpoints: int = 3
+
+    def __post_init__(self) -> None:
+        if not self.init_from:
+            raise ConfigError("init_from is required: the student starts from the previous stage's model file "
+                              "(Alg. 1: psi <- theta), e.g. gendr_core/assets/gendr-pix-s.safetensors")
+        if self.teacher and self.targets:
+            raise ConfigError(f"give either 'teacher' (online, {self.teacher}) or 'targets' (shards, {self.targets}), "
+                              "not both")
+        if self.model is not None and self.data.crop_size % self.model.pad_multiple:
+            raise ConfigError(f"data.crop_size={self.data.crop_size} must be a multiple of the model's "
+                              f"pad multiple {self.model.pad_multiple}")
+
+    @property
+    def target_source(self) -> str:
+        return "shards" if self.targets else "teacher" if self.teacher else "hq"
+
+
+def load_config(path: str | Path, overrides: dict[str, object] | None = None) -> Stage2Config:
+    """Parse a JSON config file (with its ``base`` chain) into Stage2Config; dotted ``overrides``."""
+    return load_config_as(Stage2Config, path, overrides)
+
+
+def resolve_config(cfg: Stage2Config) -> Stage2Config:
+    """Fill every 'default from elsewhere' field: model (from init_from), disc_backbone,
+    val_teacher, loss.perceptual_kind. disc.depths is filled once the backbone is built."""
+    path = resolve_model_path(cfg.init_from)
+    kind, init_cfg, _ = read_header(path)
+    if kind != "gendr_pix":
+        raise ConfigError(f"init_from={path} is a {kind!r} model; Stage II trains a GenDR-Pix student")
+    if cfg.model is not None and cfg.model != init_cfg:
+        raise ConfigError(f"init_from={path}: its model config differs from the training config's 'model' "
+                          "(drop 'model' to take the file's)")
+    kind_p = cfg.loss.perceptual_kind
+    if kind_p == "auto":
+        kind_p = "dists" if cfg.loss.vgg16 else "feature_matching"
+    out = replace(cfg, model=init_cfg, disc_backbone=cfg.disc_backbone or cfg.init_from,
+                  val_teacher=cfg.val_teacher or cfg.teacher, loss=replace(cfg.loss, perceptual_kind=kind_p))
+    if out.data.crop_size % init_cfg.pad_multiple:
+        raise ConfigError(f"data.crop_size={out.data.crop_size} must be a multiple of {init_cfg.pad_multiple}, "
+                          f"the pad multiple of init_from={path}")
+    return out
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """RandPad generator of one step: a pure function of (seed, step), so a resumed run draws the
+    same pads as an uninterrupted one."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+@contextmanager
+def held_fixed(module: nn.Module) -> Iterator[None]:
+    """h_{sg[phi]} of Alg. 1: run ``module`` with its parameters excluded from autograd and in eval
+    mode (no spectral-norm power iteration), restoring both afterwards. Gradients still flow to
+    the module's inputs."""
+    flags = [p.requires_grad for p in module.parameters()]
+    was_training = module.training
+    module.requires_grad_(False).eval()
+    try:
+        yield
+    finally:
+        for p, f in zip(module.parameters(), flags, strict=True):
+            p.requires_grad_(f)
+        module.train(was_training)
+
+
+def load_disc_backbone(path: str, device: torch.device) -> GenDRPix:
+    """The frozen previous-stage generator, fp32, on ``device``."""
+    backbone = load_model(path, device=device, dtype=torch.float32)
+    if not isinstance(backbone, GenDRPix):
+        raise ConfigError(f"disc_backbone={path} is a {type(backbone).__name__}; the Stage II discriminator reads "
+                          "a GenDR-Pix generator (pixel-unshuffle input)")
+    return backbone
+
+
+def load_frozen_teacher(path: str, device: torch.device, where: str):
+    """gendr_core.teachers.load_teacher, frozen: its parameters never receive gradients."""
+    from gendr_core.teachers import load_teacher
+
+    teacher = load_teacher(path, device, torch.float32)
+    for obj in (teacher, getattr(teacher, "model", None)):
+        if isinstance(obj, nn.Module):
+            obj.requires_grad_(False).eval()
+    logger.info("%s: %s", where, path)
+    return teacher
+
+
+def collate_with_targets(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """collate_pairs + the teacher targets ``xr`` (B,3,H,W) when the items carry them."""
+    batch = collate_pairs(items)
+    if "xr" in items[0]:
+        batch["xr"] = torch.stack([it["xr"] for it in items])
+    return batch
+
+
+class _Cycle(torch.utils.data.Dataset):
+    """Index ``i`` -> item ``i mod len(ds)``: StepBatchSampler's step-indexed batches over a finite
+    shard set (the shard dataset's own seed decides the order)."""
+
+    def __init__(self, ds) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def __getitem__(self, i: int):
+        return self.ds[i % len(self.ds)]
+
+
+def build_dataset(cfg: Stage2Config):
+    if cfg.targets:
+        from gendr_core.data import TeacherPairShards
+
+        ds = TeacherPairShards(cfg.targets, seed=cfg.seed)
+        logger.info("targets: %d precomputed teacher pairs from %s", len(ds), cfg.targets)
+        return _Cycle(ds)
+    bsz = cfg.data.batch_size
+    return HRFolderDataset(list(cfg.data.train_dirs), crop_size=cfg.data.crop_size, scales=cfg.data.scales,
+                           degradation=cfg.degradation or DegradationConfig(), seed=cfg.seed,
+                           epoch_length=cfg.optim.max_steps * bsz, batch_size=bsz)
+
+
+def discriminator_loss(features: FrozenGeneratorFeatures, heads: nn.Module, x_h: torch.Tensor, x_g: torch.Tensor,
+                       gen: torch.Generator, autocast=nullcontext) -> tuple[torch.Tensor, dict[str, float]]:
+    """L_phi of Alg. 1 Stage II (Eq. 4, second line):
+    ``sp[-h(sg[d(randpad(x_h))])] + sp[h(sg[d(randpad(sg[x_g]))])]``, every term averaged over the
+    heads. The features are computed without a graph (sg), real and fake in one pass, each sample
+    with its own RandPad offsets. Returns (loss, {"d_real", "d_fake"}: mean logits)."""
+    b = x_h.shape[0]
+    real, _ = rand_pad_per_sample(x_h, gen)
+    fake, _ = rand_pad_per_sample(x_g.detach(), gen)
+    with torch.no_grad(), autocast():
+        feats = features(torch.cat([real, fake]))
+    with autocast():
+        logits = [m.float() for m in heads(feats)]
+    loss = discriminator_adv_loss([m[:b] for m in logits], [m[b:] for m in logits])
+    stats = {"d_real": float(sum(m[:b].detach().mean() for m in logits) / len(logits)),
+             "d_fake": float(sum(m[b:].detach().mean() for m in logits) / len(logits))}
+    return loss, stats
+
+
+def generator_losses(loss: Stage2LossConfig, x_g: torch.Tensor, x_r: torch.Tensor, features: FrozenGeneratorFeatures,
+                     heads: nn.Module, gen: torch.Generator, perceptual: nn.Module | None = None, use_adv: bool = True,
+                     autocast=nullcontext) -> dict[str, torch.Tensor]:
+    """The weighted terms of L_psi (Alg. 1 Stage II):
+    ``|x_r - x_g|_1 + l1 sp[-h_sg[phi](d(randpad(x_g)))] + l2 L_P(x_r, x_g) + l3 L_F(x_r, x_g)``.
+
+    ``heads`` must be the unwrapped module: it runs under :func:`held_fixed`, so the heads get no
+    gradient and the frozen backbone never does; gradients reach ``x_g`` only. L_P is ``perceptual``
+    (DISTS) when given, else :func:`gendr_core.losses.feature_matching_loss` on ``features`` of
+    x_g and x_r (no RandPad). The RandPad of the adversarial input follows
+    ``loss.randpad_generator`` (module docstring). Keys: l1, mfs, perceptual, adv_g (weights 0 skip).
+    """
+    out: dict[str, torch.Tensor] = {}
+    if loss.l1:
+        out["l1"] = loss.l1 * l1_loss(x_g, x_r)
+    if loss.mfs:
+        out["mfs"] = loss.mfs * masked_fourier_loss(x_g, x_r, half_width=loss.mfs_half_width)
+    if loss.perceptual:
+        if perceptual is not None:
+            out["perceptual"] = loss.perceptual * perceptual(x_g, x_r).mean()
+        else:
+            with autocast():
+                f_g = features(x_g)
+                with torch.no_grad():
+                    f_r = features(x_r)
+            out["perceptual"] = loss.perceptual * feature_matching_loss(f_g, f_r)
+    if use_adv and loss.adversarial:
+        g_in = rand_pad_per_sample(x_g, gen)[0] if loss.randpad_generator else x_g
+        with held_fixed(heads), autocast():
+            logits = heads(features(g_in))
+        out["adv_g"] = loss.adversarial * generator_adv_loss([m.float() for m in logits])
+    return out
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with resolve_model_path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def train(cfg: Stage2Config, resume: bool = True, stop_after: int | None = None) -> Path:
+    """Train until ``optim.max_steps`` (or ``stop_after`` more steps); returns output_dir."""
+    out = Path(cfg.output_dir)
+    _, acc = setup_accelerator(out, cfg.mixed_precision, cfg.threads, cfg.seed)
+    cfg = resolve_config(cfg)
+    dev = acc.device
+
+    # -- student G_psi (psi <- theta), EMA; PadCFG's negative embedding stays frozen
+    model = GenDRPix(cfg.model)
+    load_init_weights(model, cfg.init_from)
+    model.prompt_pos.requires_grad_(True)
+    model.prompt_neg.requires_grad_(False)
+    if cfg.gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+    eval_model = copy.deepcopy(model).eval().requires_grad_(False)
+    ema = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+
+    # -- discriminator: frozen G_theta features + trainable heads h_phi
+    features = FrozenGeneratorFeatures(load_disc_backbone(cfg.disc_backbone, dev), cfg.disc.depths or None).to(dev)
+    cfg = replace(cfg, disc=replace(cfg.disc, depths=features.depths))
+    heads = DiscriminatorHeads(features.channels, cfg.disc.head_channels, cfg.disc.spectral_norm)
+    perceptual = DISTS(cfg.loss.vgg16).to(dev) if cfg.loss.perceptual and cfg.loss.perceptual_kind == "dists" else None
+    teacher = load_frozen_teacher(cfg.teacher, dev, "online teacher") if cfg.teacher else None
+
+    o = cfg.optim
+    opt_g = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=o.lr, betas=o.betas,
+                              weight_decay=o.weight_decay)
+    opt_d = torch.optim.AdamW(heads.parameters(), lr=o.disc_lr, betas=o.betas, weight_decay=o.weight_decay)
+    model, heads, opt_g, opt_d = acc.prepare(model, heads, opt_g, opt_d)
+    unwrapped, heads_raw = acc.unwrap_model(model), acc.unwrap_model(heads)
+
+    # -- resume
+    log = JsonlLog(out / "train_log.jsonl")
+    step, ema = resume_from_latest(acc, out, log, ema, resume)
+    end = o.max_steps if stop_after is None else min(o.max_steps, step + stop_after)
+
+    # -- data
+    bsz = cfg.data.batch_size
+    dl = torch.utils.data.DataLoader(build_dataset(cfg), batch_sampler=StepBatchSampler(bsz, step, end),
+                                     num_workers=cfg.data.num_workers, collate_fn=collate_with_targets,
+                                     persistent_workers=cfg.data.num_workers > 0)
+    val_pairs, val_teacher_out = [], None
+    if acc.is_main_process and cfg.val_every:
+        val_pairs = load_val_set(cfg.data.val_dirs, cfg.data.val_crop, cfg.data.val_scale)
+        if val_pairs and cfg.val_teacher:
+            vt = teacher if cfg.val_teacher == cfg.teacher else load_frozen_teacher(cfg.val_teacher, dev,
+                                                                                   "validation teacher")
+            with torch.no_grad():
+                val_teacher_out = [vt.restore(lr.to(dev), tuple(hr.shape[-2:])).float().cpu() for hr, lr in val_pairs]
+            if vt is not teacher:
+                del vt
+    resolved = json.loads(cfg.to_json())
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(resolved, indent=2, sort_keys=True))
+        run = {"kind": "run", "step": step, "perceptual": cfg.loss.perceptual_kind if cfg.loss.perceptual else "off",
+               "target_source": cfg.target_source, "disc_depths": list(features.depths),
+               "disc_channels": list(features.channels), "randpad_generator": cfg.loss.randpad_generator,
+               "disc_backbone_sha256": file_sha256(cfg.disc_backbone)}
+        old = {r.get("disc_backbone_sha256") for r in log.read() if r.get("kind") == "run"} - {None}
+        if old and old != {run["disc_backbone_sha256"]}:
+            logger.warning("disc_backbone=%s changed since this run started (sha256 %s, now %s): the discriminator "
+                           "now reads a different generator", cfg.disc_backbone, sorted(old), run["disc_backbone_sha256"])
+        log.write(run)
+        logger.info("Stage II: targets=%s, perceptual=%s, D depths %s (channels %s), RandPad on G input: %s",
+                    run["target_source"], run["perceptual"], run["disc_depths"], run["disc_channels"],
+                    cfg.loss.randpad_generator)
+
+    scheds = make_schedulers(opt_g, opt_d, o, step, cfg.loss.adv_start_step)
+    pbar = tqdm(total=end, initial=step, disable=not acc.is_main_process, desc="stage2", dynamic_ncols=True)
+    t0, seen = time.time(), 0
+    for batch in dl:
+        hr = batch["hr"].to(dev)
+        lr = batch["lr"].to(dev)
+        b = hr.shape[0]
+        x = resize(lr, tuple(hr.shape[-2:]), "bicubic")  # x_l on the output grid
+        with torch.no_grad():  # x_r: teacher targets (shards / online) or HQ
+            if "xr" in batch:
+                x_r = batch["xr"].to(dev)
+            elif teacher is not None:
+                x_r = teacher.restore(lr, tuple(hr.shape[-2:])).float()
+            else:
+                x_r = hr
+        if hr.shape[-1] != cfg.data.crop_size or hr.shape[-2] != cfg.data.crop_size:
+            raise ConfigError(f"training crops are {tuple(hr.shape[-2:])} but data.crop_size={cfg.data.crop_size}"
+                              + (f" (the shards in targets={cfg.targets} were cut at another size)" if cfg.targets else ""))
+        if x_r.shape != hr.shape:
+            raise ConfigError(f"teacher target of shape {tuple(x_r.shape)} does not match the HR crop "
+                              f"{tuple(hr.shape)} (data.crop_size={cfg.data.crop_size}, scale {batch['scale']})")
+        gen = step_generator(cfg.seed, step)
+        with acc.autocast():
+            x_g = model(x, unwrapped.prompt_pos.expand(b, -1, -1))
+        x_g = x_g.float()
+        stats: dict[str, float] = {}
+        # -- D step first (Alg. 1 updates phi, then psi)
+        use_adv = cfg.loss.adversarial > 0 and step >= cfg.loss.adv_start_step
+        if use_adv:
+            d_loss, stats = discriminator_loss(features, heads, hr, x_g, gen, acc.autocast)
+            opt_d.zero_grad(set_to_none=True)
+            acc.backward(d_loss)
+            opt_d.step()
+            scheds[1].step()
+            opt_d.zero_grad(set_to_none=True)
+        # -- G step with the updated, fixed heads
+        losses = generator_losses(cfg.loss, x_g, x_r, features, heads_raw, gen, perceptual, use_adv, acc.autocast)
+        if use_adv:
+            losses["adv_d"] = d_loss.detach()
+        loss = sum(v for k, v in losses.items() if k != "adv_d")
+        opt_g.zero_grad(set_to_none=True)
+        acc.backward(loss)
+        if o.grad_clip:
+            acc.clip_grad_norm_(model.parameters(), o.grad_clip)
+        opt_g.step()
+        scheds[0].step()
+        ema_update(ema, unwrapped, o.ema_decay)
+        step += 1
+        seen += b
+        pbar.update(1)
+
+        if acc.is_main_process and (step % cfg.log_every == 0 or step == end):
+            rec = {"kind": "train", "step": step, "loss": float(loss.detach()), "lr": scheds[0].get_last_lr()[0],
+                   "images_per_s": seen / (time.time() - t0), "scale": int(batch["scale"]),
+                   "l1_hr": float((x_g.detach() - hr).abs().mean()), **stats}
+            rec.update({f"loss_{n}": float(v.detach()) for n, v in losses.items()})
+            log.write(rec)
+            pbar.set_postfix(loss=f"{rec['loss']:.4f}")
+        if acc.is_main_process and val_pairs and (step % cfg.val_every == 0 or step == end):
+            eval_model.load_state_dict({k: v.to(eval_model.prompt_pos.dtype) if v.is_floating_point() else v
+                                        for k, v in ema.items()})
+            rec = {"kind": "val", "step": step,
+                   **validate(eval_model, val_pairs, cfg.data.val_scale, val_teacher_out)}
+            log.write(rec)
+            logger.info("step %d: val PSNR-Y %.3f dB (bicubic %.3f dB%s)", step, rec["psnr_y"], rec["psnr_y_bicubic"],
+                        f", vs teacher {rec['psnr_y_to_teacher']:.3f} dB, L1 to teacher {rec['l1_to_teacher']:.4f}"
+                        if "psnr_y_to_teacher" in rec else "")
+            plot_curves(log, out / "curves.png")
+        if step % cfg.save_every == 0 or step == end:
+            save_checkpoint(acc, out, step, ema, resolved, cfg.keep_checkpoints)
+    pbar.close()
+    if acc.is_main_process:
+        plot_curves(log, out / "curves.png")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", required=True, help="JSON file parsed into Stage2Config")
+    ap.add_argument("--output-dir", help="override output_dir")
+    ap.add_argument("--max-steps", type=int, help="override optim.max_steps")
+    ap.add_argument("--stop-after", type=int, help="stop after this many more steps (for time-boxed sessions)")
+    ap.add_argument("--vgg16", help="local ImageNet VGG16 weights: the perceptual term becomes DISTS (loss.vgg16)")
+    ap.add_argument("--targets", help="override targets (folder of precomputed teacher shards)")
+    ap.add_argument("--teacher", help="override teacher (model file run online)")
+    ap.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    args = ap.parse_args(argv)
+    overrides: dict[str, object] = {}
+    if args.output_dir:
+        overrides["output_dir"] = args.output_dir
+    if args.max_steps:
+        overrides["optim.max_steps"] = args.max_steps
+    if args.vgg16:
+        overrides["loss.vgg16"] = args.vgg16
+    if args.targets:
+        overrides.update(targets=args.targets, teacher=None)
+    if args.teacher:
+        overrides.update(teacher=args.teacher, targets=None)
+    cfg = load_config(args.config, overrides)
+    train(cfg, resume=not args.no_resume, stop_after=args.stop_after)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
