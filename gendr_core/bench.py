@@ -15,6 +15,13 @@ output/scale pixels (model load excluded, warm-up runs first) and records the pe
 ``compare=True`` adds, per size, the GenDR latent pipeline (16-channel f8 VAE + a UNet with
 the same block layout and 16 in/out channels) and the ratios time_latent/time_pix and
 peak_pix/peak_latent (GenDR-Pix's headline: 2.8x faster, -60 % memory at 4K on a GPU).
+
+``compare_models`` adds other model files measured the same way in the same run, each in its
+own fresh process: our model files run through ``upscale`` like the main model; any other file
+(a spandrel-loadable SR model such as Real-ESRGAN x4plus, or a converted ncnn teacher) is loaded
+with :func:`gendr_core.teachers.load_teacher` and timed as ``teacher.restore(lq, output_size)``
+on the same random input. Their ratios are against the main model: ``speedup`` =
+time_other/time_ours (> 1: ours is faster), ``peak_ratio_pix_over_latent`` = peak_ours/peak_other.
 """
 
 from __future__ import annotations
@@ -58,6 +65,7 @@ Progress = Callable[[int, int], None]
 RANDOM_WEIGHTS = "random (timing only)"
 RESULT_PREFIX = "GENDR_BENCH_RESULT "
 PIPELINE_NAMES = {"gendr_pix": "gendr_pix", "gendr": "gendr_latent", "dfosd": "dfosd_latent"}
+TEACHER_KIND = "teacher"  # a recipe measured through gendr_core.teachers.load_teacher
 
 
 # ----------------------------------------------------------------------------- model presets
@@ -153,6 +161,30 @@ def resolve_model(spec: str, unet_config: UNetConfig | None = None) -> ModelReci
     return ModelRecipe(PIPELINE_NAMES[kind], kind, config.to_json(), str(path), str(path))
 
 
+def compare_recipe(spec: str, taken: set[str] | None = None) -> ModelRecipe:
+    """The recipe of one ``--compare`` model file, named by its file stem (made unique against ``taken``).
+
+    Our own model files (a GenDR-Pix / GenDR / DFOSD header) run through ``upscale`` like the main
+    model; any other existing file is measured through ``load_teacher`` (spandrel SR files,
+    converted teachers). Errors name the file.
+    """
+    from .checkpoint import read_header
+
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"--compare model file not found: {path}")
+    name = path.stem
+    while taken is not None and name in taken:
+        name += "'"
+    if taken is not None:
+        taken.add(name)
+    try:
+        kind, config, _ = read_header(path)
+    except (GenDRPixError, ValueError, OSError):  # not one of ours: a teacher file (checked in its worker)
+        return ModelRecipe(name, TEACHER_KIND, "{}", str(path), str(path))
+    return ModelRecipe(name, kind, config.to_json(), str(path), str(path))
+
+
 def latent_counterpart(pix: ModelRecipe, vae_config: VAEConfig | None = None) -> ModelRecipe:
     """The GenDR latent pipeline with the same UNet blocks: VAE (default VAE16) + 16-channel UNet I/O."""
     if pix.kind != "gendr_pix":
@@ -183,6 +215,7 @@ class BenchConfig:
     repeats: int = 3
     warmup: int = 1
     compare: bool = False
+    compare_models: tuple[str, ...] = ()
     unet_config: UNetConfig | None = None
     vae_config: VAEConfig | None = None
     fresh_process_on_cpu: bool = True
@@ -191,6 +224,7 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sizes", tuple((int(w), int(h)) for w, h in self.sizes))
+        object.__setattr__(self, "compare_models", tuple(str(m) for m in self.compare_models))
         if not self.sizes:
             raise ConfigError("BenchConfig.sizes must name at least one output size")
         for w, h in self.sizes:
@@ -208,6 +242,7 @@ class BenchConfig:
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["sizes"] = [list(s) for s in self.sizes]
+        d["compare_models"] = list(self.compare_models)
         for k in ("unet_config", "vae_config"):
             d[k] = d[k].to_dict() if d[k] is not None else None
         return d
@@ -235,7 +270,7 @@ class BenchRow:
     parameters: int
     unet_parameters: int
     vae_parameters: int
-    estimated_bytes: int
+    estimated_bytes: int | None  # our activation estimate; None for teachers (no estimate)
     output_shape: list[int]
     load_peak_bytes: int | None = None
     ru_maxrss_bytes: int | None = None
@@ -248,7 +283,10 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def compare_rows(pix: BenchRow | dict[str, Any], latent: BenchRow | dict[str, Any]) -> dict[str, Any]:
     """Ratios for one output size: time_latent/time_pix (> 1: GenDR-Pix is faster) and
-    peak_pix/peak_latent (< 1: GenDR-Pix needs less; ``memory_reduction`` = 1 - ratio)."""
+    peak_pix/peak_latent (< 1: GenDR-Pix needs less; ``memory_reduction`` = 1 - ratio).
+
+    ``latent`` may be any other row (a ``--compare`` model): the ratios are then other/ours and
+    ours/other under the same keys; ``pipeline`` and ``against`` name the two rows."""
     p = dataclasses.asdict(pix) if isinstance(pix, BenchRow) else pix
     q = dataclasses.asdict(latent) if isinstance(latent, BenchRow) else latent
     if p["output_size"] != q["output_size"]:
@@ -256,6 +294,8 @@ def compare_rows(pix: BenchRow | dict[str, Any], latent: BenchRow | dict[str, An
     mem = _ratio(p["peak_bytes"], q["peak_bytes"])
     return {
         "output_size": p["output_size"],
+        "pipeline": p["pipeline"],
+        "against": q["pipeline"],
         "speedup": _ratio(q["seconds_median"], p["seconds_median"]),  # time_latent / time_pix
         "time_ratio_latent_over_pix": _ratio(q["seconds_median"], p["seconds_median"]),
         "peak_ratio_pix_over_latent": mem,
@@ -294,20 +334,21 @@ class BenchResult:
         return json.dumps(self.to_dict(), indent=2, allow_nan=False)
 
     def table(self) -> str:
-        """The rows, then the comparisons, as fixed-width text."""
-        lines = [f"{'pipeline':<13} {'output':>10} {'input':>9} {'median s':>9} {'min s':>8} "
+        """The rows, then the comparisons (each other pipeline against the first), as fixed-width text."""
+        width = max([13] + [len(r.pipeline) for r in self.rows])
+        lines = [f"{'pipeline':<{width}} {'output':>10} {'input':>9} {'median s':>9} {'min s':>8} "
                  f"{'peak MiB':>9} {'base MiB':>9} {'act MiB':>8}"]
         for r in self.rows:
-            lines.append(f"{r.pipeline:<13} {'x'.join(map(str, r.output_size)):>10} "
+            lines.append(f"{r.pipeline:<{width}} {'x'.join(map(str, r.output_size)):>10} "
                          f"{'x'.join(map(str, r.input_size)):>9} {r.seconds_median:>9.3f} {r.seconds_min:>8.3f} "
                          f"{_mib(r.peak_bytes):>9} {_mib(r.baseline_bytes):>9} {_mib(r.activation_bytes):>8}")
         if self.comparisons:
-            lines += ["", f"{'output':>10} {'t_latent/t_pix':>15} {'peak pix/latent':>16} {'memory':>8} "
-                          f"{'act pix/latent':>15}"]
+            lines += ["", f"{'against':<{width}} {'output':>10} {'t_other/t_ours':>15} {'peak ours/other':>16} "
+                          f"{'memory':>8} {'act ours/other':>15}"]
             for c in self.comparisons:
                 red = c["memory_reduction"]
-                lines.append(f"{'x'.join(map(str, c['output_size'])):>10} {_fmt(c['speedup'], 'x'):>15} "
-                             f"{_fmt(c['peak_ratio_pix_over_latent']):>16} "
+                lines.append(f"{c.get('against', ''):<{width}} {'x'.join(map(str, c['output_size'])):>10} "
+                             f"{_fmt(c['speedup'], 'x'):>15} {_fmt(c['peak_ratio_pix_over_latent']):>16} "
                              f"{'-' if red is None else f'{-100 * red:+.0f}%':>8} "
                              f"{_fmt(c['activation_ratio_pix_over_latent']):>15}")
         lines += [f"note: {n}" for n in self.notes]
@@ -467,6 +508,8 @@ def measure(job: dict[str, Any], memory: str) -> dict[str, Any]:
     device = torch.device(job["device"])
     dtype = parse_dtype(job["dtype"]) or default_dtype(device)
     cuda = device.type == "cuda"
+    if job["recipe"]["kind"] == TEACHER_KIND:
+        return _measure_teacher(job, memory, device, dtype)
     model = _build(job["recipe"], device, dtype, job["seed"])
     tracker = PeakMemory(device) if cuda or memory == "rss" else None
     if tracker is not None:
@@ -512,6 +555,72 @@ def measure(job: dict[str, Any], memory: str) -> dict[str, Any]:
         "unet_parameters": sum(p.numel() for p in model.unet.parameters()),
         "vae_parameters": sum(p.numel() for p in vae.parameters()) if vae is not None else 0,
         "estimated_bytes": int(model.estimate_bytes(ph, pw, passes)),
+        "output_shape": list(y.shape),
+        "load_peak_bytes": load_peak,
+        "ru_maxrss_bytes": _ru_maxrss_bytes() if memory == "rss" else None,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _load_teacher(path: str, device: torch.device, dtype: torch.dtype):
+    from .teachers import load_teacher
+
+    try:
+        teacher = load_teacher(path, device=device, dtype=dtype)
+    except (GenDRPixError, FileNotFoundError, ValueError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - third-party loaders raise their own types; name the file
+        raise GenDRPixError(f"--compare {path}: cannot load as a model ({type(exc).__name__}: {exc})") from None
+    return teacher.eval().requires_grad_(False)
+
+
+def _measure_teacher(job: dict[str, Any], memory: str, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    """:func:`measure` for a teacher recipe: time ``teacher.restore(x, output_size)``."""
+    cuda = device.type == "cuda"
+    teacher = _load_teacher(job["recipe"]["path"], device, dtype)
+    tracker = PeakMemory(device) if cuda or memory == "rss" else None
+    if tracker is not None:
+        tracker.start()
+    w_out, h_out = job["size"]
+    w_in, h_in = max(1, round(w_out / job["scale"])), max(1, round(h_out / job["scale"]))
+    x = torch.rand(1, 3, h_in, w_in, generator=torch.Generator().manual_seed(job["seed"])).to(device, dtype)
+    times, y = [], None
+    for i in range(job["warmup"] + job["repeats"]):
+        t0 = time.perf_counter()
+        y = teacher.restore(x, (h_out, w_out))
+        if cuda:
+            torch.cuda.synchronize(device)
+        if i >= job["warmup"]:
+            times.append(time.perf_counter() - t0)
+    peak = baseline = load_peak = None
+    method = "none (in-process CPU run)"
+    if tracker is not None:
+        tracker.stop()
+        peak, baseline, load_peak = tracker.peak_bytes, tracker.baseline_bytes, tracker.before_bytes
+        method = tracker.method if cuda else "fresh_process_" + tracker.method
+    if tuple(y.shape[-2:]) != (h_out, w_out):
+        raise GenDRPixError(f"--compare {job['recipe']['path']}: restored to {tuple(y.shape[-2:])}, "
+                            f"expected {(h_out, w_out)}")
+    return {
+        "pipeline": job["recipe"]["pipeline"],
+        "kind": TEACHER_KIND,
+        "weights": job["recipe"]["weights"],
+        "output_size": [int(y.shape[-1]), int(y.shape[-2])],
+        "input_size": [w_in, h_in],
+        "output_megapixels": y.shape[-1] * y.shape[-2] / 1e6,
+        "seconds_median": statistics.median(times),
+        "seconds_min": min(times),
+        "seconds": times,
+        "peak_bytes": peak,
+        "baseline_bytes": baseline,
+        "activation_bytes": None if peak is None or baseline is None else peak - baseline,
+        "memory_method": method,
+        "device": str(device),
+        "dtype": str(dtype).replace("torch.", ""),
+        "parameters": sum(p.numel() for p in teacher.parameters()),
+        "unet_parameters": 0,
+        "vae_parameters": 0,
+        "estimated_bytes": None,
         "output_shape": list(y.shape),
         "load_peak_bytes": load_peak,
         "ru_maxrss_bytes": _ru_maxrss_bytes() if memory == "rss" else None,
@@ -582,6 +691,11 @@ def run_bench_config(cfg: BenchConfig, progress: Progress | None = None) -> Benc
             notes.append(f"latent pipeline VAE reduced to block_out_channels {vae.block_out_channels} "
                          f"(GenDR's VAE16: {vae16_config().block_out_channels}, latent {vae.latent_channels} "
                          f"channels, f{vae.downsample_factor}); ratios are for this reduced pair, not the paper models")
+    taken = {r.pipeline for r in recipes}
+    for spec in cfg.compare_models:
+        other = compare_recipe(spec, taken)
+        recipes.append(other)
+        models[other.pipeline] = _describe_model(other, spec)
     if cfg.unet_config is not None:
         notes.append(f"UNet block_out_channels reduced to {cfg.unet_config.block_out_channels} (SD2.1: "
                      f"{UNetConfig().block_out_channels}) in every pipeline")
@@ -609,10 +723,8 @@ def run_bench_config(cfg: BenchConfig, progress: Progress | None = None) -> Benc
         by_job[(job["recipe"]["pipeline"], tuple(job["size"]))] = rows[-1]
         if progress:
             progress(i + 1, len(jobs))
-    comparisons = []
-    if cfg.compare:
-        comparisons = [compare_rows(by_job[(pix.pipeline, size)], by_job[("gendr_latent", size)])
-                       for size in dict.fromkeys(cfg.sizes)]
+    comparisons = [compare_rows(by_job[(pix.pipeline, size)], by_job[(other.pipeline, size)])
+                   for other in recipes[1:] for size in dict.fromkeys(cfg.sizes)]
     return BenchResult(config=cfg.to_dict(), rows=rows, comparisons=comparisons, models=models,
                        environment=_environment(device), notes=notes,
                        created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -636,17 +748,21 @@ def run_benchmark(
     vae_config: VAEConfig | None = None,
     threads: int | None = None,
     seed: int = 0,
+    compare_models: Sequence[str] = (),
 ) -> BenchResult:
     """Median/min seconds and peak memory of ``upscale(..., tile="off")`` per OUTPUT size (width, height).
 
     ``model_spec``: a model file, a built-in name, or ``random:<preset>`` (gendr-pix-sd21,
     gendr-pix-s, tiny, gendr-sd21, dfosd-sd21, tiny-gendr). ``unet_config`` replaces the UNet
     block layout of a random preset (e.g. :func:`reduced_unet_config` for CPU runs);
-    ``compare`` adds the GenDR latent pipeline (VAE ``vae_config``, default VAE16) and ratios.
+    ``compare`` adds the GenDR latent pipeline (VAE ``vae_config``, default VAE16) and ratios;
+    ``compare_models`` other model files (ours, or teachers through ``load_teacher``), each measured
+    the same way, with ratios against the main model.
     ``progress(done, total)`` is called after every configuration.
     """
     cfg = BenchConfig(model=model_spec, sizes=tuple(sizes), scale=scale, guidance=guidance, branch_mode=branch_mode,
                       device=device, dtype=dtype, repeats=repeats, warmup=warmup, compare=compare,
+                      compare_models=tuple(compare_models),
                       unet_config=unet_config, vae_config=vae_config, fresh_process_on_cpu=fresh_process_on_cpu,
                       threads=threads, seed=seed)
     return run_bench_config(cfg, progress)
@@ -693,8 +809,11 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scale", type=float, default=4.0, help="upscaling factor; input = output/scale")
     parser.add_argument("--guidance", type=float, default=1.0, help="PadCFG scale (1.0 = one pass)")
     parser.add_argument("--branch-mode", choices=("batched", "sequential"), default="batched")
-    parser.add_argument("--compare", action="store_true",
-                        help="also run the GenDR latent pipeline (VAE16 + same UNet blocks) and print ratios")
+    parser.add_argument("--compare", nargs="*", default=None, metavar="FILE",
+                        help="with no value: also run the GenDR latent pipeline (VAE16 + same UNet blocks); with "
+                             "model files: also measure each (our .safetensors models, or spandrel-loadable SR files "
+                             "such as realesrgan-x4plus.safetensors, through load_teacher; 'latent' adds the latent "
+                             "pipeline too); prints time and peak-memory ratios against --model")
     parser.add_argument("--unet-channels", default=None,
                         help="UNet block_out_channels for random presets, e.g. 64,128,256,256 (SD2.1 layout)")
     parser.add_argument("--vae-channels", default=None,
@@ -715,6 +834,12 @@ def run_bench_command(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     unet_ch, vae_ch = _channels(args.unet_channels), _channels(args.vae_channels)
+    compare = args.compare
+    files = [c for c in (compare or []) if c != "latent"]
+    latent = compare is not None and (not compare or "latent" in compare)
+    for f in files:
+        if not Path(f).expanduser().is_file():
+            raise FileNotFoundError(f"--compare model file not found: {f}")
     bar = tqdm(total=0, unit="config", desc="bench")
 
     def progress(done: int, total: int) -> None:
@@ -724,9 +849,9 @@ def run_bench_command(args: argparse.Namespace) -> int:
 
     result = run_benchmark(
         args.model, parse_sizes(args.sizes), args.scale, args.guidance, args.branch_mode, args.device,
-        None if args.dtype == "auto" else args.dtype, args.repeats, args.warmup, args.compare,
+        None if args.dtype == "auto" else args.dtype, args.repeats, args.warmup, latent,
         reduced_unet_config(unet_ch) if unet_ch else None, not args.in_process, progress,
-        vae_config=reduced_vae_config(vae_ch) if vae_ch else None, threads=args.threads)
+        vae_config=reduced_vae_config(vae_ch) if vae_ch else None, threads=args.threads, compare_models=files)
     bar.close()
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.out)

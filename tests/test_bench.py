@@ -6,15 +6,18 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from gendr_core.bench import (
     RANDOM_WEIGHTS,
     BenchResult,
     BenchRow,
     add_bench_arguments,
+    compare_recipe,
     compare_rows,
     gendr_pix_s_config,
     latent_counterpart,
@@ -26,7 +29,7 @@ from gendr_core.bench import (
     run_benchmark,
 )
 from gendr_core.config import GenDRConfig, GenDRPixConfig, UNetConfig, tiny_vae_config, vae16_config
-from gendr_core.errors import ConfigError
+from gendr_core.errors import ConfigError, GenDRPixError
 
 REPO = Path(__file__).resolve().parents[1]
 ROW_KEYS = {f.name for f in dataclasses.fields(BenchRow)}
@@ -80,7 +83,7 @@ def test_in_process_compare_rows_and_keys():
     assert data["models"]["gendr_latent"]["config"]["unet"]["block_out_channels"] == \
         data["models"]["gendr_pix"]["config"]["unet"]["block_out_channels"]
     assert any("VAE reduced" in n for n in r.notes) and any("random weights" in n for n in r.notes)
-    assert "t_latent/t_pix" in r.table()
+    assert "t_other/t_ours" in r.table() and "gendr_latent" in r.table()
 
 
 def test_fresh_process_worker_measures_peak_rss():
@@ -171,3 +174,110 @@ def test_cli_arguments_sizes_and_run(tmp_path, capsys):
     files = sorted(os.listdir(tmp_path / "res"))
     assert files[0].startswith("bench_") and files[0].endswith(".json")
     assert "gendr_pix" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- --compare FILE...
+
+
+class _FakeTeacher(torch.nn.Module):
+    """The Teacher interface: frozen, ``restore(lq, size)``; a 3x3 conv then a bicubic resize."""
+
+    name, native_scale = "fake-x4", 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+
+    def restore(self, lq, size):
+        return torch.nn.functional.interpolate(self.conv(lq), size=size, mode="bicubic", align_corners=False)
+
+
+@pytest.fixture
+def fake_teachers(monkeypatch):
+    """gendr_core.teachers.load_teacher replaced by a loader of :class:`_FakeTeacher` (records its calls)."""
+    import types
+
+    calls = []
+
+    def load_teacher(path, device="cpu", dtype=torch.float32):
+        calls.append((str(path), str(device), dtype))
+        if Path(path).read_bytes()[:4] != b"FAKE":
+            raise RuntimeError("unsupported model")
+        return _FakeTeacher().to(device, dtype)
+
+    module = types.ModuleType("gendr_core.teachers")
+    module.load_teacher = load_teacher
+    monkeypatch.setitem(sys.modules, "gendr_core.teachers", module)
+    return calls
+
+
+def test_compare_model_files_in_process(tmp_path, tiny_pix, fake_teachers):
+    from gendr_core import save_model
+
+    ours = save_model(tiny_pix, tmp_path / "tiny-copy.safetensors")
+    teacher = tmp_path / "realesrgan-x4plus.safetensors"
+    teacher.write_bytes(b"FAKE teacher")
+    assert compare_recipe(str(ours)).kind == "gendr_pix" and compare_recipe(str(teacher)).kind == "teacher"
+    r = run_benchmark("random:tiny", [(64, 64), (96, 64)], repeats=2, warmup=1, fresh_process_on_cpu=False,
+                      device="cpu", threads=1, compare_models=[str(ours), str(teacher)])
+    assert [(x.pipeline, tuple(x.output_size)) for x in r.rows] == [
+        ("gendr_pix", (64, 64)), ("tiny-copy", (64, 64)), ("realesrgan-x4plus", (64, 64)),
+        ("gendr_pix", (96, 64)), ("tiny-copy", (96, 64)), ("realesrgan-x4plus", (96, 64))]
+    t = r.rows[2]
+    assert t.kind == "teacher" and t.parameters == 3 * 3 * 9 + 3 and t.estimated_bytes is None
+    assert t.output_shape == [1, 3, 64, 64] and t.input_size == [16, 16] and len(t.seconds) == 2
+    assert fake_teachers == [(str(teacher), "cpu", torch.float32)] * 2  # loaded once per size, fp32 on CPU
+    c = {(x["against"], tuple(x["output_size"])): x for x in r.to_dict()["comparisons"]}
+    assert set(c) == {("tiny-copy", (64, 64)), ("tiny-copy", (96, 64)), ("realesrgan-x4plus", (64, 64)),
+                      ("realesrgan-x4plus", (96, 64))}
+    assert c[("realesrgan-x4plus", (64, 64))]["speedup"] == pytest.approx(r.rows[2].seconds_median
+                                                                          / r.rows[0].seconds_median)
+    assert all(x["pipeline"] == "gendr_pix" for x in c.values())
+    assert r.to_dict()["config"]["compare_models"] == [str(ours), str(teacher)]
+    assert r.models["realesrgan-x4plus"]["kind"] == "teacher"
+    assert "realesrgan-x4plus" in r.table() and "t_other/t_ours" in r.table()
+    json.loads(r.to_json())  # strict JSON (None for the teacher's estimate)
+
+
+def test_compare_files_fresh_process_cli(tmp_path, tiny_pix, capsys):
+    from gendr_core import save_model
+
+    ours = save_model(tiny_pix, tmp_path / "mine.safetensors")
+    other = save_model(tiny_pix, tmp_path / "other.safetensors")
+    ap = argparse.ArgumentParser()
+    add_bench_arguments(ap)
+    args = ap.parse_args(["--model", str(ours), "--compare", str(other), "--sizes", "64x64", "--repeats", "1",
+                          "--warmup", "0", "--device", "cpu", "--threads", "1", "--out", str(tmp_path / "res")])
+    assert run_bench_command(args) == 0
+    out = capsys.readouterr().out
+    assert "other" in out and "t_other/t_ours" in out
+    (res,) = [f for f in os.listdir(tmp_path / "res") if f.endswith(".json")]
+    data = json.loads((tmp_path / "res" / res).read_text())
+    rows = {r["pipeline"]: r for r in data["rows"]}
+    assert set(rows) == {"gendr_pix", "other"} and all(r["peak_bytes"] > 0 for r in rows.values())
+    assert rows["other"]["memory_method"].startswith("fresh_process")
+    (cmp,) = data["comparisons"]
+    assert cmp["against"] == "other" and cmp["speedup"] == pytest.approx(
+        rows["other"]["seconds_median"] / rows["gendr_pix"]["seconds_median"])
+
+
+def test_compare_argument_forms_and_errors(tmp_path):
+    ap = argparse.ArgumentParser()
+    add_bench_arguments(ap)
+    assert ap.parse_args([]).compare is None
+    assert ap.parse_args(["--compare", "--sizes", "64"]).compare == []  # bare flag: the latent pipeline
+    assert ap.parse_args(["--compare", "a.safetensors", "latent"]).compare == ["a.safetensors", "latent"]
+    args = ap.parse_args(["--model", "random:tiny", "--compare", str(tmp_path / "nope.safetensors")])
+    with pytest.raises(FileNotFoundError, match="--compare model file not found: .*nope.safetensors"):
+        run_bench_command(args)
+    with pytest.raises(FileNotFoundError, match="nope"):
+        compare_recipe(str(tmp_path / "nope.pth"))
+    assert compare_recipe(str(REPO / "pyproject.toml"), {"pyproject"}).pipeline == "pyproject'"
+
+
+def test_unloadable_compare_file_names_it(tmp_path, fake_teachers):
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"junk")
+    with pytest.raises(GenDRPixError, match="junk.pth: cannot load as a model"):
+        run_benchmark("random:tiny", [(64, 64)], repeats=1, warmup=0, fresh_process_on_cpu=False, device="cpu",
+                      threads=1, compare_models=[str(junk)])
