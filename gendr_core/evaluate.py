@@ -528,7 +528,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
         dists_net = DISTS(vgg).to(model.device)
         dists = lambda x, y: dists_net(x.to(model.device), y.to(model.device), reduction="none").cpu()  # noqa: E731
         if lp is not None:
-            from .lpips import LPIPS
+            from .metrics import LPIPS
 
             lpips_net = LPIPS(vgg, lp).to(model.device)
             lpips = lambda x, y: lpips_net(x.to(model.device), y.to(model.device)).cpu()  # noqa: E731

@@ -45,6 +45,7 @@ __all__ = [
     "NIQE_PARAMS_FILE",
     "grid_artifact_score",
     "grid_points",
+    "LPIPS",
 ]
 
 MetricReduction = Literal["mean", "none"]
@@ -609,3 +610,65 @@ def grid_artifact_score(img: Tensor, period: int = 8, reduction: MetricReduction
     score = 10.0 * torch.log10(ratio.mean(dim=-1))
     score = torch.where(total > 0, score, torch.zeros_like(score)).cpu()
     return _reduce(score, reduction)
+
+
+# --------------------------------------------------------------------------------------------------
+# LPIPS (Zhang et al. 2018), VGG variant, v0.1, from local weights
+# --------------------------------------------------------------------------------------------------
+
+LPIPS_CHANNELS = (64, 128, 256, 512, 512)
+
+
+class LPIPS(torch.nn.Module):
+    """LPIPS-VGG v0.1 distance (Zhang et al., "The Unreasonable Effectiveness of Deep Features as a
+    Perceptual Metric", CVPR 2018) from local files; nothing is downloaded.
+
+    ``d(x, y) = sum_k mean_hw( w_k . (n(f_k(x)) - n(f_k(y)))^2 )`` over relu1_2, relu2_2, relu3_3,
+    relu4_3, relu5_3 of an ImageNet VGG16 with max pooling (``vgg_weights``: torchvision layout,
+    .safetensors or .pth, see :func:`gendr_core.vgg.load_vgg16_state_dict`); ``n`` divides each
+    feature vector by its channel L2 norm (+1e-10); ``w_k`` (1,C_k,1,1) are the learned linear
+    layers (``lin_weights``: lpips' ``weights/v0.1/vgg.pth``, keys ``lin{k}.model.1.weight``, or a
+    .safetensors with the same keys or ``lin{k}.weight``).  Inputs (B,3,H,W) in [0,1] are mapped to
+    [-1,1] and then to ``(x - shift)/scale`` with shift (-0.030, -0.088, -0.188), scale (0.458,
+    0.448, 0.450).  ``forward(x, y)`` returns (B,) float32.  Frozen, always in eval mode.
+    """
+
+    def __init__(self, vgg_weights: str | Path, lin_weights: str | Path) -> None:
+        super().__init__()
+        from .errors import CheckpointFormatError
+        from .vgg import VGG16Features, load_vgg16_state_dict, read_tensor_file
+
+        vgg = VGG16Features()
+        vgg.load_weights(load_vgg16_state_dict(vgg_weights))
+        for idx in (4, 9, 16, 23):  # LPIPS keeps torchvision's max pools (DISTS swaps them for L2 pools)
+            vgg.features[idx] = torch.nn.MaxPool2d(kernel_size=2, stride=2)
+        self.vgg = vgg
+        sd = read_tensor_file(Path(lin_weights), "LPIPS linear-layer weights")
+        for k, c in enumerate(LPIPS_CHANNELS):
+            w = sd.get(f"lin{k}.model.1.weight", sd.get(f"lin{k}.weight"))
+            if w is None or tuple(w.shape) != (1, c, 1, 1):
+                raise CheckpointFormatError(
+                    f"LPIPS weights '{lin_weights}': lin{k}.model.1.weight of shape (1,{c},1,1) expected, got "
+                    f"{None if w is None else tuple(w.shape)} (keys: {sorted(sd)[:8]})")
+            self.register_buffer(f"lin{k}", w.float().clone())
+        self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1))
+        self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1))
+        self.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> LPIPS:
+        return super().train(False)
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        x, y = _as_batch(x, "LPIPS"), _as_batch(y, "LPIPS")
+        if x.shape != y.shape or x.shape[1] != 3:
+            raise ImageInputError(f"LPIPS: expected two (B,3,H,W) images of one shape, got {tuple(x.shape)} and "
+                                  f"{tuple(y.shape)}")
+        b = x.shape[0]
+        h = (torch.cat([x, y]).float() * 2.0 - 1.0 - self.shift) / self.scale  # (2B,3,H,W)
+        dist = x.new_zeros(b, dtype=torch.float32)
+        for k, f in enumerate(self.vgg(h)):
+            f = f / (torch.sqrt((f * f).sum(dim=1, keepdim=True)) + 1e-10)
+            d = ((f[:b] - f[b:]) ** 2 * getattr(self, f"lin{k}")).sum(dim=1)  # (B,h_k,w_k)
+            dist = dist + d.mean(dim=(1, 2))
+        return dist

@@ -247,3 +247,24 @@ def test_cli_eval_wrong_compare_file_is_one_line_and_exit_2(tmp_path, model_file
                "--compare", str(junk), "--no-niqe"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "junk.safetensors" in err
+
+
+def test_cli_eval_dists_and_lpips_from_local_weights(tmp_path, model_file, capsys):
+    from safetensors.torch import save_file
+
+    from gendr_core.cli import main
+    from gendr_core.vgg import VGG16Features
+
+    vgg = VGG16Features()
+    vgg.init_random(0)
+    save_file(dict(vgg.state_dict()), tmp_path / "vgg16.safetensors")
+    save_file({f"lin{k}.model.1.weight": torch.full((1, c, 1, 1), 0.1) for k, c in enumerate((64, 128, 256, 512, 512))},
+              tmp_path / "lpips_vgg.safetensors")
+    out = tmp_path / "e.json"
+    rc = main(["eval", "--data", str(FIXTURES), "--model", str(model_file), "--device", "cpu", "--max-images", "2",
+               "--no-niqe", "--vgg16", str(tmp_path / "vgg16.safetensors"),
+               "--lpips", str(tmp_path / "lpips_vgg.safetensors"), "--json", str(out)])
+    assert rc == 0
+    assert "| DISTS | LPIPS |" in capsys.readouterr().out
+    recs = json.loads(out.read_text())["images"]
+    assert all(0 <= r["dists"] <= 1 and r["lpips"] >= 0 and r["niqe"] is None for r in recs) and len(recs) == 4

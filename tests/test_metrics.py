@@ -308,3 +308,34 @@ def test_grid_score_period_and_errors() -> None:
         grid_artifact_score(photo, period=1)
     with pytest.raises(ImageInputError, match="channels"):
         grid_artifact_score(torch.zeros(1, 2, 64, 64))
+
+
+# ----------------------------------------------------------------------------- LPIPS
+
+
+def test_lpips_matches_the_reference_implementation(tmp_path: Path) -> None:
+    """Reference numbers from the lpips 0.1.4 package (LPIPS(net="vgg"), normalize=True) run once with the
+    same seeded random VGG16 and seeded linear layers; ours gave 0.6061731 / 1.4660172.  With lpips' own
+    v0.1 vgg.pth linear layers the same check agreed to 1e-8 (0.11048551)."""
+    from safetensors.torch import save_file
+
+    from gendr_core.metrics import LPIPS
+    from gendr_core.vgg import VGG16Features
+
+    vgg = VGG16Features()
+    vgg.init_random(0)
+    save_file(dict(vgg.state_dict()), tmp_path / "vgg.safetensors")
+    lin = {f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1, generator=torch.Generator().manual_seed(10 + k))
+           for k, c in enumerate((64, 128, 256, 512, 512))}
+    save_file(lin, tmp_path / "lin.safetensors")
+    net = LPIPS(tmp_path / "vgg.safetensors", tmp_path / "lin.safetensors")
+    x = _load(FIXTURES / "kodim23_crop96.png").float()[None]
+    y = (x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
+    with torch.no_grad():
+        d = net(torch.cat([x, x]), torch.cat([y, x.flip(-1)]))
+        assert d.tolist() == pytest.approx([0.6061731, 1.4660172], abs=2e-6)
+        assert net(x, x).item() == 0.0
+    bad = tmp_path / "bad.safetensors"
+    save_file({"lin0.model.1.weight": torch.zeros(1, 3, 1, 1)}, bad)
+    with pytest.raises(Exception, match="lin0.model.1.weight"):
+        LPIPS(tmp_path / "vgg.safetensors", bad)
