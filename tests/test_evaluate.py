@@ -202,8 +202,43 @@ def model_file(tmp_path, tiny_pix):
     return save_model(tiny_pix, tmp_path / "tiny.safetensors")
 
 
-def test_cli_eval_compare_json_and_sheet(tmp_path, model_file, capsys):
-    pytest.importorskip("gendr_core.teachers", reason="gendr_core.teachers (load_teacher) is not available")
+class _ModelTeacher(nn.Module):
+    """Our model file behind the Teacher interface (what load_teacher returns for it)."""
+
+    def __init__(self, path, device):
+        super().__init__()
+        from gendr_core.checkpoint import load_model
+
+        self.model, self.name, self.native_scale = load_model(path, device=device, dtype="fp32"), Path(path).stem, None
+
+    def restore(self, lq, size):
+        from gendr_core.pipeline import restore_grid
+
+        return restore_grid(resize(lq, size, "bicubic"), self.model)
+
+
+@pytest.fixture(params=["fake", "real"])
+def teachers(request, monkeypatch):
+    """gendr_core.teachers as shipped ("real", skipped when absent), or a stand-in loader ("fake") that
+    loads our model files and raises a third-party error type for anything else."""
+    if request.param == "real":
+        pytest.importorskip("gendr_core.teachers", reason="gendr_core.teachers (load_teacher) is not available")
+        return "real"
+    import sys
+    import types
+
+    def load_teacher(path, device="cpu", dtype=torch.float32):
+        if Path(path).read_bytes()[:8] == b"not a mo":
+            raise RuntimeError("unsupported model architecture")
+        return _ModelTeacher(path, device)
+
+    module = types.ModuleType("gendr_core.teachers")
+    module.load_teacher = load_teacher
+    monkeypatch.setitem(sys.modules, "gendr_core.teachers", module)
+    return "fake"
+
+
+def test_cli_eval_compare_json_and_sheet(tmp_path, model_file, capsys, teachers):
     from gendr_core.cli import main
 
     other = tmp_path / "other-model.safetensors"
@@ -237,8 +272,7 @@ def test_cli_eval_missing_file_is_one_line_and_exit_2(tmp_path, model_file, caps
     assert rc == 2 and len(err.splitlines()) == 1 and f"{bad} file not found" in err and "missing" in err
 
 
-def test_cli_eval_wrong_compare_file_is_one_line_and_exit_2(tmp_path, model_file, capsys):
-    pytest.importorskip("gendr_core.teachers", reason="gendr_core.teachers (load_teacher) is not available")
+def test_cli_eval_wrong_compare_file_is_one_line_and_exit_2(tmp_path, model_file, capsys, teachers):
     from gendr_core.cli import main
 
     junk = tmp_path / "junk.safetensors"
