@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch as _torch
 
-from .checkpoint import describe, load_model, read_header, save_model
-from .config import DFOSDConfig, GenDRConfig, GenDRPixConfig, UNetConfig, VAEConfig
+from .checkpoint import DEFAULT_MODEL, SHIPPED_MODELS, describe, load_model, read_header, save_model
+from .config import DFOSDConfig, FixModConfig, GenDRConfig, GenDRPixConfig, UNetConfig, VAEConfig
 from .errors import CheckpointFormatError, ConfigError, GenDRPixError, ImageInputError
-from .models import DFOSD, GenDRPix, GenDRTeacher, OneStepRestorer, build_model
-from .pipeline import restore_grid, upscale
+from .models import DFOSD, FixMod, GenDRPix, GenDRTeacher, OneStepRestorer, build_model
+from .pipeline import post_fix, restore_grid, upscale
 
 if tuple(int(p) for p in _torch.__version__.split("+")[0].split(".")[:2]) < (2, 1):
     raise ImportError(f"gendr_core needs torch >= 2.1, found {_torch.__version__}")
@@ -16,10 +16,13 @@ if tuple(int(p) for p in _torch.__version__.split("+")[0].split(".")[:2]) < (2, 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_MODEL",
     "DFOSD",
     "CheckpointFormatError",
     "ConfigError",
     "DFOSDConfig",
+    "FixMod",
+    "FixModConfig",
     "GenDRConfig",
     "GenDRPix",
     "GenDRPixConfig",
@@ -27,11 +30,13 @@ __all__ = [
     "GenDRTeacher",
     "ImageInputError",
     "OneStepRestorer",
+    "SHIPPED_MODELS",
     "UNetConfig",
     "VAEConfig",
     "build_model",
     "describe",
     "load_model",
+    "post_fix",
     "read_header",
     "restore_grid",
     "save_model",

@@ -1,9 +1,11 @@
 """Model files: one ``.safetensors`` per model with its kind and config in the metadata.
 
 Metadata keys: ``format`` = "pt", ``gendr_pix.kind`` (gendr_pix | gendr | dfosd),
-``gendr_pix.config`` (the config dataclass as JSON), ``gendr_pix.version``. Saves are atomic
-(temp file + ``os.replace``); loads validate kind, config and every tensor shape. Pickle
-files are never unpickled here.
+``gendr_pix.config`` (the config dataclass as JSON), ``gendr_pix.version``, and, when the file
+carries a learned FixMod (GenDR-Pix Sec. A.1), ``gendr_pix.fixmod_config`` (FixModConfig as
+JSON) with its tensors under the prefix ``fixmod.``. Saves are atomic (temp file +
+``os.replace``); loads validate kind, configs and every tensor name and shape. Pickle files are
+never unpickled here.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .config import ModelConfig
+from .config import FixModConfig, ModelConfig
 from .errors import CheckpointFormatError, ConfigError
 from .fileio import atomic_write
 from .models.restorer import CONFIG_CLASSES, OneStepRestorer, build_model
@@ -29,11 +31,19 @@ FORMAT_VERSION = "1"
 KIND_KEY = "gendr_pix.kind"
 CONFIG_KEY = "gendr_pix.config"
 VERSION_KEY = "gendr_pix.version"
+FIXMOD_CONFIG_KEY = "gendr_pix.fixmod_config"
+FIXMOD_PREFIX = "fixmod."
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
-DEFAULT_MODEL_NAME = "gendr-pix-s"
-BUILTIN_MODELS = {DEFAULT_MODEL_NAME: ASSETS_DIR / "gendr-pix-s.safetensors"}
+# The models shipped as gendr_core/assets/<name>.safetensors, in the order the ComfyUI Loader
+# lists them. The first is the default of load_model(), `gendr-pix upscale --model` and
+# `gendr-pix inspect`. Shipping another model = one entry here + its asset file.
+SHIPPED_MODELS: tuple[str, ...] = ("gendr-pix-s",)
+DEFAULT_MODEL = SHIPPED_MODELS[0]
+BUILTIN_MODELS: dict[str, Path] = {name: ASSETS_DIR / f"{name}.safetensors" for name in SHIPPED_MODELS}
+DEFAULT_MODEL_NAME = DEFAULT_MODEL  # the older name of DEFAULT_MODEL
+_OWN_KEYS = (KIND_KEY, CONFIG_KEY, VERSION_KEY, FIXMOD_CONFIG_KEY)
 
 
 def save_model(
@@ -43,15 +53,33 @@ def save_model(
     dtype: torch.dtype | None = None,
     metadata: dict[str, str] | None = None,
 ) -> Path:
-    """Write ``model`` atomically: an interrupted save leaves any old file untouched."""
+    """Write ``model`` (with its learned FixMod, if attached) atomically: an interrupted save
+    leaves any old file untouched. ``dtype`` casts floating tensors (e.g. torch.float16);
+    ``metadata`` adds string entries, but never the kind/config/FixMod keys, which come from the model."""
     path = Path(path)
+    own = sorted(set(metadata or {}) & set(_OWN_KEYS))
+    if own:
+        raise ValueError(f"save_model({path}): metadata keys {own} are written from the model itself; drop them")
     sd = {k: v.detach().to("cpu", dtype=dtype if dtype and v.is_floating_point() else v.dtype).contiguous()
           for k, v in model.state_dict().items()}
     meta = {"format": "pt", KIND_KEY: model.kind, CONFIG_KEY: model.config.to_json(), VERSION_KEY: FORMAT_VERSION}
+    fixmod = getattr(model, "fixmod", None)
+    if fixmod is not None:
+        meta[FIXMOD_CONFIG_KEY] = fixmod.config.to_json()
     meta.update(metadata or {})
     atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta))
-    logger.info("saved %s model to %s", model.kind, path)
+    logger.info("saved %s model%s to %s", model.kind, " + FixMod" if fixmod is not None else "", path)
     return path
+
+
+def read_fixmod_config(path: str | os.PathLike, meta: dict[str, str]) -> FixModConfig | None:
+    """The FixModConfig in a model file's metadata (from :func:`read_header`), or None without one."""
+    if FIXMOD_CONFIG_KEY not in meta:
+        return None
+    try:
+        return FixModConfig.from_json(meta[FIXMOD_CONFIG_KEY], where=f"{path}: '{FIXMOD_CONFIG_KEY}'")
+    except ConfigError as exc:
+        raise CheckpointFormatError(str(exc)) from None
 
 
 def read_header(path: str | os.PathLike) -> tuple[str, ModelConfig, dict[str, str]]:
@@ -106,9 +134,9 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 
 def resolve_model_path(name_or_path: str | os.PathLike | None) -> Path:
-    """A built-in model name (default ``gendr-pix-s``) or a file path."""
+    """A shipped model name (None: :data:`DEFAULT_MODEL`) or a file path."""
     if name_or_path is None:
-        name_or_path = DEFAULT_MODEL_NAME
+        name_or_path = DEFAULT_MODEL
     if str(name_or_path) in BUILTIN_MODELS:
         p = BUILTIN_MODELS[str(name_or_path)]
         if not p.exists():
@@ -120,15 +148,27 @@ def resolve_model_path(name_or_path: str | os.PathLike | None) -> Path:
     return Path(name_or_path).expanduser()
 
 
-def load_state_dict(path: Path, expected: dict[str, torch.Size]) -> dict[str, torch.Tensor]:
-    """Read tensors and check names/shapes against ``expected`` with actionable messages."""
+def load_state_dict(path: Path, expected: dict[str, torch.Size],
+                    skip_prefixes: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """Read tensors and check names/shapes against ``expected`` with actionable messages.
+
+    Tensors whose names start with one of ``skip_prefixes`` are neither read nor reported, e.g.
+    ``(FIXMOD_PREFIX,)`` reads the restorer of a file that also carries a learned FixMod.
+    """
     with safe_open(str(path), framework="pt") as f:
-        keys = set(f.keys())
+        keys = {k for k in f.keys() if not k.startswith(skip_prefixes)} if skip_prefixes else set(f.keys())
         missing = sorted(set(expected) - keys)
         unexpected = sorted(keys - set(expected))
         if missing:
             raise CheckpointFormatError(f"{path}: missing tensor(s) {missing[:5]}{' ...' if len(missing) > 5 else ''} "
                                         f"({len(missing)} in all) required by its config")
+        if unexpected and all(k.startswith(FIXMOD_PREFIX) for k in unexpected):
+            has_cfg = FIXMOD_CONFIG_KEY in (f.metadata() or {})
+            raise CheckpointFormatError(
+                f"{path}: tensor(s) {unexpected[:3]}{' ...' if len(unexpected) > 3 else ''} belong to a learned FixMod "
+                + ("that this reader does not build; read the restorer alone with "
+                   f"skip_prefixes=('{FIXMOD_PREFIX}',), or load the whole file with load_model()" if has_cfg else
+                   f"but the metadata has no '{FIXMOD_CONFIG_KEY}'; re-save the file with save_model()"))
         if unexpected:
             raise CheckpointFormatError(f"{path}: unexpected tensor(s) {unexpected[:5]} not used by its config")
         sd = {}
@@ -147,23 +187,28 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
 ) -> OneStepRestorer:
-    """Load a GenDR-Pix / GenDR / DFOSD model file (default: the shipped ``gendr-pix-s``).
+    """Load a GenDR-Pix / GenDR / DFOSD model file (default: :data:`DEFAULT_MODEL`, shipped).
 
-    ``device`` defaults to CUDA when available; ``dtype`` to :func:`default_dtype`.
+    A file with a learned FixMod (``gendr_pix.fixmod_config`` + ``fixmod.*`` tensors) gets it
+    attached as ``model.fixmod``; without one ``model.fixmod`` is None. ``device`` defaults to
+    CUDA when available; ``dtype`` to :func:`default_dtype`.
     """
     path = resolve_model_path(name_or_path)
     kind, config, meta = read_header(path)
+    fixmod_config = read_fixmod_config(path, meta)
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dt = parse_dtype(dtype) or default_dtype(dev)
     with torch.device("meta"):
         model = build_model(config)
+        if fixmod_config is not None:
+            model.attach_fixmod(fixmod_config)
     expected = {k: v.shape for k, v in model.state_dict().items()}
     sd = load_state_dict(path, expected)
     model.load_state_dict(sd, assign=True)
     model.to(device=dev, dtype=dt).eval().requires_grad_(False)
     model.source_path = str(path)  # type: ignore[attr-defined]
     model.metadata = meta  # type: ignore[attr-defined]
-    logger.info("loaded %s model from %s (%s, %s)", kind, path, dev, dt)
+    logger.info("loaded %s model%s from %s (%s, %s)", kind, " + FixMod" if fixmod_config else "", path, dev, dt)
     return model
 
 
@@ -183,11 +228,15 @@ def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
 
 
 def describe(model: OneStepRestorer) -> dict[str, Any]:
-    """Summary used by ``gendr-pix inspect``."""
+    """Summary used by ``gendr-pix inspect``; ``parameters`` counts the FixMod too, ``fixmod`` is
+    None for a model without a learned FixMod (the wavelet color fix needs no weights)."""
+    fixmod = getattr(model, "fixmod", None)
     return {
         "kind": model.kind,
         "parameters": sum(p.numel() for p in model.parameters()),
         "unet_parameters": sum(p.numel() for p in model.unet.parameters()),
+        "fixmod": None if fixmod is None else {"parameters": sum(p.numel() for p in fixmod.parameters()),
+                                               "config": json.loads(fixmod.config.to_json())},
         "dtype": str(model.dtype).replace("torch.", ""),
         "pad_multiple": model.pad_multiple,
         "prompt_embeddings": {"positive": list(model.prompt_pos.shape), "negative": list(model.prompt_neg.shape)},

@@ -13,8 +13,10 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from .checkpoint import CONFIG_KEY, DEFAULT_MODEL, FIXMOD_CONFIG_KEY, SHIPPED_MODELS
 from .errors import GenDRPixError
 from .ops.guidance import ENSEMBLE_SIZES
+from .pipeline import FIXMOD_MODES
 
 logger = logging.getLogger("gendr_pix")
 
@@ -81,7 +83,11 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     if len(set(outs)) != len(outs):
         raise GenDRPixError("two inputs map to the same output name; use separate output folders")
     model = load_model(args.model, device=args.device, dtype=args.dtype)
-    logger.info("model %s (%s) on %s", getattr(model, "source_path", args.model), model.kind, model.device)
+    from .pipeline import resolve_post_fix
+
+    fix, strength = resolve_post_fix(model, args.fixmod, args.color_fix)  # bad choices fail before any image
+    logger.info("model %s (%s) on %s; post-fix %s%s", getattr(model, "source_path", args.model), model.kind,
+                model.device, fix, f" at strength {strength:g}" if fix != "off" else "")
     bar = tqdm(total=len(files), unit="img", desc="upscale", disable=args.quiet)
     for src, dst in zip(files, outs, strict=True):
         x, alpha, info = load_image(src)
@@ -92,9 +98,9 @@ def cmd_upscale(args: argparse.Namespace) -> int:
             _t.n = done
             _t.refresh()
 
-        y = upscale(x, model, scale=args.scale, guidance=args.guidance, color_fix=args.color_fix, tile=args.tile,
-                overlap=args.overlap, branch_mode=args.branch_mode, randpad=args.randpad, ensemble=args.ensemble,
-                seed=args.seed, progress=progress)
+        y = upscale(x, model, scale=args.scale, guidance=args.guidance, fixmod=args.fixmod, color_fix=args.color_fix,
+                    tile=args.tile, overlap=args.overlap, branch_mode=args.branch_mode, randpad=args.randpad,
+                    ensemble=args.ensemble, seed=args.seed, progress=progress)
         tiles.close()
         if alpha is not None:
             from .ops.resize import resize
@@ -114,7 +120,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     model = load_model(args.model, device="cpu", dtype="fp32")
     info = describe(model)
     info["file"] = getattr(model, "source_path", None)
-    info["metadata"] = {k: v for k, v in getattr(model, "metadata", {}).items() if k != "gendr_pix.config"}
+    info["metadata"] = {k: v for k, v in getattr(model, "metadata", {}).items()
+                        if k not in (CONFIG_KEY, FIXMOD_CONFIG_KEY)}
     if args.json:
         _out(json.dumps(info, indent=2))
     else:
@@ -123,6 +130,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         _out(f"parameters:  {info['parameters']:,} (UNet {info['unet_parameters']:,})")
         _out(f"pad multiple {info['pad_multiple']}; embeddings {info['prompt_embeddings']}")
         _out("config:      " + json.dumps(info["config"]))
+        fm = info["fixmod"]
+        _out("fixmod:      " + ("none (the wavelet color fix needs no weights)" if fm is None else
+                                f"learned, {fm['parameters']:,} parameters, config {json.dumps(fm['config'])}"))
         for k, v in info["metadata"].items():
             _out(f"meta {k}: {v}")
     return 0
@@ -147,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("upscale", help="restore and upscale image files or folders")
     up.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
     up.add_argument("-o", "--output", help="output file (one input) or folder; default: beside each input")
-    up.add_argument("--model", default=None, help="model file or built-in name (default: gendr-pix-s)")
+    up.add_argument("--model", default=None,
+                    help=f"model file or shipped name ({', '.join(SHIPPED_MODELS)}; default {DEFAULT_MODEL})")
     up.add_argument("--scale", type=float, default=4.0, help="output/input size ratio, any value > 0 (default 4)")
     up.add_argument("--guidance", type=float, default=None,
                     help="PadCFG scale w; 1.0 = one pass, no CFG (default: the model's own default)")
@@ -159,7 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--seed", type=int, default=0, help="seed for --randpad offsets")
     up.add_argument("--ensemble", type=int, default=1, choices=ENSEMBLE_SIZES,
                     help="flip/transpose self-ensemble: average 1 (off), 2, 4 or 8 passes (n x the time)")
-    up.add_argument("--color-fix", type=float, default=0.0, help="wavelet color fix strength 0..1 (default 0)")
+    up.add_argument("--fixmod", choices=FIXMOD_MODES, default="auto",
+                    help="post-fix after stitching (GenDR-Pix A.1): 'learned' = the model file's FixMod network "
+                         "then its wavelet color fix; 'wavelet' = the wavelet color fix alone; 'off'; 'auto' "
+                         "(default) = learned when the file has a FixMod, otherwise off unless --color-fix is given")
+    up.add_argument("--color-fix", type=float, default=None, metavar="0..1",
+                    help="strength of the post-fix, 0 = unchanged .. 1 = full (default 1 when a fix runs; with "
+                         "'auto' on a file without FixMod, a value > 0 runs the wavelet fix at that strength)")
     up.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     up.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"), help="compute dtype")
     up.add_argument("--format", default="png", choices=("png", "jpg", "webp"), help="output format for folders")
@@ -167,8 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     up.set_defaults(func=cmd_upscale)
 
-    ins = sub.add_parser("inspect", help="show a model file's kind, config, parameters and embeddings")
-    ins.add_argument("model", nargs="?", default=None, help="model file or built-in name (default: gendr-pix-s)")
+    ins = sub.add_parser("inspect", help="show a model file's kind, config, parameters, embeddings and FixMod")
+    ins.add_argument("model", nargs="?", default=None,
+                     help=f"model file or shipped name ({', '.join(SHIPPED_MODELS)}; default {DEFAULT_MODEL})")
     ins.add_argument("--json", action="store_true", help="print JSON")
     ins.set_defaults(func=cmd_inspect)
 

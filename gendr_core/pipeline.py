@@ -2,7 +2,8 @@
 
 Data flow (STYLE.md): LR -> bicubic resize to the output grid -> [tiles] -> PadCFG or the
 RandPad ensemble (each branch: pad -> pad to multiple -> model -> crop) -> stitch ->
-optional wavelet color fix against the resized input -> clamp to [0, 1].
+optional FixMod post-fix against the resized input (:func:`post_fix`: the learned FixMod of
+GenDR-Pix Sec. A.1 or the wavelet color fix alone) -> clamp to [0, 1].
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .errors import ImageInputError
+from .errors import ConfigError, ImageInputError
 from .imageio import pil_to_tensor, tensor_to_pil
 from .models.restorer import OneStepRestorer
 from .ops.color_fix import wavelet_color_fix
@@ -29,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 MIN_TILE = 128
+FIXMOD_MODES = ("auto", "off", "wavelet", "learned")
 
 
 @dataclass(frozen=True)
@@ -184,17 +186,20 @@ def upscale(
     scale: float = 4.0,
     guidance: float | None = None,
     *,
-    color_fix: float = 0.0,
+    fixmod: str | None = None,
+    color_fix: float | None = None,
     progress: Progress | None = None,
     **kwargs,
 ) -> Image.Image | Tensor:
     """Restore and upscale ``image`` by ``scale`` (any float > 0) with one model step.
 
     ``image``: a PIL image (RGB, RGBA, grayscale, 16-bit) or a float tensor (B,3,H,W) in
-    [0,1]; the result is of the same kind. ``model``: a loaded model, a path, or None for the
-    shipped ``gendr-pix-s``. ``guidance``: PadCFG scale w (1.0 = one pass, no CFG; default:
-    the model's ``default_guidance``). ``color_fix``: wavelet color-fix strength in [0, 1],
-    applied once after stitching. Other keywords go to :func:`restore_grid`.
+    [0,1]; the result is of the same kind. ``model``: a loaded model, a path or shipped name, or
+    None for the default shipped model (``checkpoint.DEFAULT_MODEL``). ``guidance``: PadCFG scale w (1.0 = one pass, no CFG; default:
+    the model's ``default_guidance``). ``fixmod`` ("auto" = None, "off", "wavelet", "learned")
+    and ``color_fix`` (its strength in [0, 1]) choose the post-fix, applied once after
+    stitching; see :func:`post_fix` (default: the learned FixMod when the model file has one,
+    otherwise nothing, as before). Other keywords go to :func:`restore_grid`.
     """
     if not isinstance(model, OneStepRestorer):
         from .checkpoint import load_model
@@ -203,18 +208,19 @@ def upscale(
     guidance = model.config.default_guidance if guidance is None else float(guidance)
     if isinstance(image, Image.Image):
         x, alpha, info = pil_to_tensor(image)
-        y = _upscale_tensor(x, model, scale, guidance, color_fix, progress, kwargs)
+        y = _upscale_tensor(x, model, scale, guidance, (fixmod, color_fix), progress, kwargs)
         if alpha is not None:
             alpha = resize(alpha, tuple(y.shape[-2:]), "bicubic")
         return tensor_to_pil(y, alpha, info)
     if isinstance(image, Tensor):
         if image.ndim == 3:
             raise ImageInputError(f"image tensor must be (B,3,H,W), got {tuple(image.shape)}; add a batch dim")
-        return _upscale_tensor(image, model, scale, guidance, color_fix, progress, kwargs)
+        return _upscale_tensor(image, model, scale, guidance, (fixmod, color_fix), progress, kwargs)
     raise ImageInputError(f"image must be a PIL.Image or a torch.Tensor, got {type(image).__name__}")
 
 
-def _upscale_tensor(x, model, scale, guidance, color_fix, progress, kwargs) -> Tensor:
+def _upscale_tensor(x, model, scale, guidance, fix, progress, kwargs) -> Tensor:
+    mode, strength = resolve_post_fix(model, *fix)  # bad choices fail before the long run
     check_image_tensor(x)
     if x.shape[1] != 3:
         raise ImageInputError(f"image tensor must have 3 channels (B,3,H,W), got shape {tuple(x.shape)}")
@@ -223,6 +229,63 @@ def _upscale_tensor(x, model, scale, guidance, color_fix, progress, kwargs) -> T
     size = output_size(x.shape[-2], x.shape[-1], scale)
     grid = resize(x.to(model.device), size, "bicubic")  # (B,3,h,w) -> (B,3,H,W)
     y = restore_grid(grid, model, guidance=guidance, progress=progress, **kwargs).float()
-    if color_fix > 0:
-        y = wavelet_color_fix(y, grid.float(), color_fix)
+    y = post_fix(y, grid, model, mode, strength)
     return y.clamp(0, 1).to(out_device)
+
+
+def resolve_post_fix(model: OneStepRestorer | None, fixmod: str | None = None,
+                     strength: float | None = None) -> tuple[str, float]:
+    """(mode, strength) that :func:`post_fix` runs: mode "off", "wavelet" or "learned".
+
+    * ``fixmod`` None or "auto": "learned" when ``model`` has a learned FixMod, else "wavelet";
+      "off", "wavelet", "learned" as named ("learned" needs a model file with a FixMod).
+    * ``strength`` (the ``color_fix`` of :func:`upscale`) blends from the restored image (0) to
+      the fixed one (1). None = 1, except for "auto" on a model without FixMod, where it is 0:
+      ``upscale()`` defaults therefore leave outputs of files without FixMod as they always were
+      and run the learned FixMod of files that have one. Strength 0 gives "off".
+    """
+    mode = "auto" if fixmod is None else fixmod
+    if mode not in FIXMOD_MODES:
+        raise ValueError(f"fixmod={fixmod!r} must be one of {', '.join(FIXMOD_MODES)}")
+    if strength is not None and not 0.0 <= strength <= 1.0:
+        raise ValueError(f"color_fix={strength} (the FixMod strength) must be in [0, 1]")
+    has_net = getattr(model, "fixmod", None) is not None
+    if mode == "off":
+        if strength:
+            raise ValueError(f"color_fix={strength} has no effect with fixmod='off'; drop it or pick a FixMod mode")
+        return "off", 0.0
+    if mode == "learned" and not has_net:
+        if model is None:
+            raise ConfigError("fixmod='learned' needs the model whose file holds the learned FixMod; none was given")
+        where = getattr(model, "source_path", None) or f"this {model.kind} model"
+        raise ConfigError(f"fixmod='learned': {where} has no learned FixMod (no 'gendr_pix.fixmod_config' in "
+                          "the file); train one with trainers/train_fixmod.py, or use fixmod='wavelet'")
+    if mode == "auto":
+        mode = "learned" if has_net else "wavelet"
+        if strength is None:
+            strength = 1.0 if has_net else 0.0
+    strength = 1.0 if strength is None else float(strength)
+    return (mode, strength) if strength > 0 else ("off", 0.0)
+
+
+def post_fix(y: Tensor, reference: Tensor, model: OneStepRestorer | None = None, fixmod: str | None = None,
+             strength: float | None = None) -> Tensor:
+    """FixMod post-fix (GenDR-Pix Sec. A.1) of a restored image against the LQ on its grid.
+
+    ``y`` and ``reference`` are (B,3,H,W) (``reference``: the bicubic-resized input); the result
+    is float32 on ``y``'s device, unclamped: ``y + strength * (fixed - y)`` with ``fixed`` the
+    model's learned FixMod (wavelet_color_fix(y + r(y, ref), ref)) or the wavelet color fix
+    high(y) + low(ref). ``fixmod``/``strength``: see :func:`resolve_post_fix`. A pure function of
+    its inputs, applied once to the whole stitched image.
+    """
+    mode, strength = resolve_post_fix(model, fixmod, strength)
+    y = y.float()
+    if mode == "off":
+        return y
+    ref = reference.to(y.device).float()
+    if mode == "wavelet":
+        return wavelet_color_fix(y, ref, strength)
+    net = model.fixmod  # type: ignore[union-attr]
+    with torch.no_grad():
+        fixed = net(y, ref).to(y.device)
+    return fixed if strength == 1.0 else y + strength * (fixed - y)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from .memory import load_cached
-from .paths import DEFAULT_MODEL_NAME, model_choices, model_fingerprint, resolve_model
+from .paths import SHIPPED_MODELS, model_choices, model_fingerprint, resolve_model
 from .types import GenDRPixModel
 
 CATEGORY = "image/upscaling/GenDR-Pix"
@@ -15,6 +15,7 @@ DTYPES = ["auto", "fp32", "fp16", "bf16"]
 class GenDRPixLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
+        choices = model_choices()  # shipped models that exist first; the first one is the default
         return io.Schema(
             node_id="GenDRPixLoader",
             display_name="GenDR-Pix Model Loader",
@@ -22,10 +23,12 @@ class GenDRPixLoader(io.ComfyNode):
             description="Loads a one-step restoration model (GenDR-Pix, GenDR or DFOSD .safetensors). The model "
                         "stays cached between prompts and is only on the GPU while a GenDR-Pix node runs.",
             inputs=[
-                io.Combo.Input("model_name", options=model_choices(), default=DEFAULT_MODEL_NAME,
-                               tooltip="'gendr-pix-s' is the model shipped with the pack; other entries are the "
+                io.Combo.Input("model_name", options=choices, default=choices[0],
+                               tooltip=f"{', '.join(repr(n) for n in SHIPPED_MODELS)}: the model(s) shipped with "
+                                       "the pack, listed first (the first is the default); other entries are the "
                                        ".safetensors files in ComfyUI/models/gendr_pix (and any gendr_pix folder "
-                                       "set in extra_model_paths.yaml)."),
+                                       "set in extra_model_paths.yaml). A file with a learned FixMod carries it "
+                                       "along for the FixMod option of the other nodes."),
                 io.Combo.Input("dtype", options=DTYPES, default="auto",
                                tooltip="Weight precision. auto: bf16 on GPUs that support it (else fp16), fp32 on "
                                        "CPU. fp16/bf16 halve memory; fp32 is the slowest but exact."),

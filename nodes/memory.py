@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import comfy.model_management as mm
+from torch import nn
 
 from ..gendr_core.checkpoint import default_dtype, load_model, parse_dtype
 from ..gendr_core.models import OneStepRestorer
@@ -66,17 +67,21 @@ def clear_cache() -> None:
 
 def work_bytes(model: OneStepRestorer, image_hw: tuple[int, int], batch: int, scale: float, passes: int,
                tile: int | str) -> int:
-    """Activation estimate of one run: the whole output grid, or one tile when the tile is fixed."""
-    h, w = output_size(image_hw[0], image_hw[1], scale)
+    """Activation estimate of one run: the whole output grid, or one tile when the tile is fixed;
+    at least that of the model's learned FixMod, which runs once on the whole stitched output."""
+    full_h, full_w = h, w = output_size(image_hw[0], image_hw[1], scale)
     if isinstance(tile, int) and tile > 0:
         h, w = min(h, tile), min(w, tile)
     m = model.pad_multiple
-    return model.estimate_bytes(-(-(h + 8) // m) * m, -(-(w + 8) // m) * m, batch * passes)
+    need = model.estimate_bytes(-(-(h + 8) // m) * m, -(-(w + 8) // m) * m, batch * passes)
+    fixmod = getattr(model, "fixmod", None)
+    return need if fixmod is None else max(need, fixmod.estimate_bytes(full_h, full_w, batch))
 
 
 @contextmanager
-def model_on_device(model: OneStepRestorer, work: int) -> Iterator[OneStepRestorer]:
-    """Free memory for the weights + ``work`` bytes, run on the torch device, offload after."""
+def model_on_device(model: nn.Module, work: int) -> Iterator[nn.Module]:
+    """Free memory for the weights + ``work`` bytes, run on the torch device, offload after.
+    ``model`` is a restorer, or only its ``fixmod`` for the FixMod node."""
     device = mm.get_torch_device()
     mm.free_memory(mm.module_size(model) + work, device)
     model.to(device)

@@ -3,9 +3,9 @@
 The folder is ``<ComfyUI>/models/gendr_pix`` plus any ``gendr_pix:`` entries of
 ``extra_model_paths.yaml`` (ComfyUI reads that file before loading custom nodes, so we
 append to the existing entry and widen its extension set in place, never replace it).
-``gendr-pix-s`` names the model shipped in ``gendr_core/assets``; a
-``gendr-pix-s.safetensors`` in the model folder stands in for it when the package was
-installed without its asset.
+The names of ``gendr_core.checkpoint.SHIPPED_MODELS`` (e.g. ``gendr-pix-s``) are the models
+shipped in ``gendr_core/assets``; a ``<name>.safetensors`` in the model folder stands in for one
+when the package was installed without its asset.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import folder_paths
 
-from ..gendr_core.checkpoint import BUILTIN_MODELS, DEFAULT_MODEL_NAME
+from ..gendr_core.checkpoint import BUILTIN_MODELS, SHIPPED_MODELS
 
 FOLDER = "gendr_pix"
 EXTENSIONS = (".safetensors",)
@@ -27,14 +27,24 @@ def register_model_folder() -> None:
     folder_paths.folder_names_and_paths[FOLDER][1].update(EXTENSIONS)
 
 
-def model_choices() -> list[str]:
-    """Built-in names first, then every file of the gendr_pix folder(s).
+def shipped_choices(files: list[str] | None = None) -> list[str]:
+    """The shipped names whose file exists (the asset, or a stand-in in the model folder), in
+    ``SHIPPED_MODELS`` order. When none exists, the first shipped name alone, so the Loader keeps
+    its default entry and running it says where the file belongs."""
+    files = folder_paths.get_filename_list(FOLDER) if files is None else files
+    found = [n for n in SHIPPED_MODELS if BUILTIN_MODELS[n].is_file() or f"{n}.safetensors" in files]
+    return found or [SHIPPED_MODELS[0]]
 
-    A ``<built-in>.safetensors`` file that stands in for a missing asset is listed once, under
-    the built-in name (both entries would load the same file)."""
+
+def model_choices() -> list[str]:
+    """Shipped names first (:func:`shipped_choices`), then every file of the gendr_pix folder(s).
+
+    A ``<shipped name>.safetensors`` file that stands in for a missing asset is listed once, under
+    the shipped name (both entries would load the same file)."""
     register_model_folder()
-    standins = {f"{name}.safetensors" for name, asset in BUILTIN_MODELS.items() if not asset.is_file()}
-    return list(BUILTIN_MODELS) + [f for f in folder_paths.get_filename_list(FOLDER) if f not in standins]
+    files = folder_paths.get_filename_list(FOLDER)
+    standins = {f"{name}.safetensors" for name in SHIPPED_MODELS if not BUILTIN_MODELS[name].is_file()}
+    return shipped_choices(files) + [f for f in files if f not in standins]
 
 
 def resolve_model(name: str) -> Path:
@@ -65,5 +75,5 @@ def model_fingerprint(name: str) -> str:
     return f"{path}:{st.st_mtime_ns}:{st.st_size}"
 
 
-__all__ = ["DEFAULT_MODEL_NAME", "FOLDER", "model_choices", "model_fingerprint", "register_model_folder",
-           "resolve_model"]
+__all__ = ["FOLDER", "SHIPPED_MODELS", "model_choices", "model_fingerprint",
+           "register_model_folder", "resolve_model", "shipped_choices"]

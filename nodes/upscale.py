@@ -7,7 +7,7 @@ from comfy_api.latest import io
 from torch import Tensor
 
 from ..gendr_core.models import OneStepRestorer
-from ..gendr_core.pipeline import upscale
+from ..gendr_core.pipeline import FIXMOD_MODES, upscale
 from .memory import model_on_device, work_bytes
 from .progress import comfy_progress
 from .tensors import bchw_to_bhwc, bhwc_to_bchw, conditioning_embedding, parse_pad, split_alpha, upscale_mask
@@ -30,6 +30,16 @@ def tiling_inputs() -> list[io.Input]:
                      tooltip="Overlap between tiles in output pixels, blended with a smooth ramp; must be smaller "
                              "than the tile. Used by 'auto' and 'fixed'."),
     ]
+
+
+def fixmod_input() -> io.Input:
+    """The post-fix widget of the sampler and RandPad; added last so older workflows keep their values."""
+    return io.Combo.Input(
+        "fixmod", options=list(FIXMOD_MODES), default="auto",
+        tooltip="Post-fix of the output (GenDR-Pix A.1), as 'gendr-pix upscale --fixmod'. auto: the model "
+                "file's learned FixMod if it has one, else none. learned: that network + its wavelet color "
+                "fix (error if the file has none). wavelet: the wavelet color fix alone. off: none. Set 'off' "
+                "when a FixMod node follows, so the fix does not run twice.")
 
 
 def tile_arg(tiling: str, tile_size: int) -> int | str:
@@ -65,6 +75,7 @@ class GenDRPixPadCFGSampler(io.ComfyNode):
                                tooltip="With guidance != 1: 'batched' runs both branches in one forward pass "
                                        "(faster), 'sequential' one after the other (half the activation memory)."),
                 *tiling_inputs(),
+                fixmod_input(),
                 io.Conditioning.Input("positive", optional=True,
                                       tooltip="Optional text conditioning replacing the model's built-in positive "
                                               "embedding (needs a matching text encoder, e.g. SD2.1's CLIP-H "
@@ -96,7 +107,8 @@ class GenDRPixPadCFGSampler(io.ComfyNode):
     @classmethod
     def execute(cls, image: Tensor, model: OneStepRestorer, scale: float, guidance: float, positive_pad: str,
                 negative_pad: str, branch_mode: str, tiling: str, tile_size: int, tile_overlap: int,
-                positive: list | None = None, negative: list | None = None, mask: Tensor | None = None) -> io.NodeOutput:
+                fixmod: str = "auto", positive: list | None = None, negative: list | None = None,
+                mask: Tensor | None = None) -> io.NodeOutput:
         rgb, alpha_mask = split_alpha(image)
         x = bhwc_to_bchw(rgb)  # (B,H,W,3) -> (B,3,H,W)
         cond = {"positive": conditioning_embedding(positive, "positive", x.shape[0]),
@@ -106,7 +118,7 @@ class GenDRPixPadCFGSampler(io.ComfyNode):
         with model_on_device(model, work_bytes(model, x.shape[-2:], x.shape[0], scale, passes, tile)):
             y = upscale(x, model, scale, guidance, pos_pad=parse_pad(positive_pad, "positive_pad"),
                         neg_pad=parse_pad(negative_pad, "negative_pad"), branch_mode=branch_mode, tile=tile,
-                        overlap=tile_overlap, progress=comfy_progress(), **cond)
+                        overlap=tile_overlap, fixmod=fixmod, progress=comfy_progress(), **cond)
         out = bchw_to_bhwc(y).to(mm.intermediate_device())  # (B,3,H,W) -> (B,H,W,3)
         out_mask = upscale_mask(mask if mask is not None else alpha_mask, out.shape[1:3], out.shape[0])
         return io.NodeOutput(out, out_mask.to(out.device))

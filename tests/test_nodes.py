@@ -61,7 +61,7 @@ def comfy_state(tmp_path, pack):
     mm.interrupt_current_processing(False)
 
 
-def save_tiny(core, path: Path, kind: str = "gendr_pix", seed: int = 0) -> Path:
+def save_tiny(core, path: Path, kind: str = "gendr_pix", seed: int = 0, fixmod: bool = False) -> Path:
     from gendr_core import config as cfgs  # the top-level copy writes files; the pack's copy reads them
 
     make = {"gendr_pix": cfgs.tiny_gendr_pix_config, "gendr": cfgs.tiny_gendr_config, "dfosd": cfgs.tiny_dfosd_config}
@@ -72,6 +72,9 @@ def save_tiny(core, path: Path, kind: str = "gendr_pix", seed: int = 0) -> Path:
     with torch.no_grad():  # non-zero embeddings so conditioning overrides are visible
         model.prompt_pos.normal_()
         model.prompt_neg.normal_()
+        if fixmod:  # a learned FixMod with non-zero weights everywhere, its last layer included
+            for p in model.attach_fixmod(cfgs.tiny_fixmod_config()).parameters():
+                p.normal_(0, 0.2)
     return gendr_core.save_model(model, path)
 
 
@@ -87,7 +90,7 @@ def model(nodes, model_file):
 
 def sampler_inputs(image, model, **over):
     kw = dict(image=image, model=model, scale=2.0, guidance=1.0, positive_pad="auto", negative_pad="auto",
-              branch_mode="batched", tiling="off", tile_size=512, tile_overlap=64)
+              branch_mode="batched", tiling="off", tile_size=512, tile_overlap=64, fixmod="auto")
     kw.update(over)
     return kw
 
@@ -164,7 +167,7 @@ def test_model_folder_keeps_yaml_paths_and_lists_safetensors(pack, core, tmp_pat
     save_tiny(core, Path(dirs[1]) / "b.safetensors")
     (Path(dirs[1]) / "notes.txt").write_text("not a model")
     choices = pack.nodes.paths.model_choices()
-    assert choices == ["gendr-pix-s", "b.safetensors", "sub/a.safetensors"]
+    assert choices == pack.nodes.paths.shipped_choices() + ["b.safetensors", "sub/a.safetensors"]
     assert pack.nodes.paths.resolve_model("sub/a.safetensors") == extra / "sub" / "a.safetensors"
     with pytest.raises(FileNotFoundError, match="nope.safetensors"):
         pack.nodes.paths.resolve_model("nope.safetensors")
@@ -181,6 +184,25 @@ def test_builtin_name_falls_back_to_model_folder(pack, core, monkeypatch, tmp_pa
     shipped = save_tiny(core, tmp_path / "assets" / "gendr-pix-s.safetensors")
     assert paths.resolve_model("gendr-pix-s") == shipped  # the shipped asset wins when present
     assert paths.model_choices()[:1] == ["gendr-pix-s"] and "gendr-pix-s.safetensors" in paths.model_choices()
+
+
+def test_loader_lists_the_shipped_models_that_exist_in_tuple_order(pack, core, monkeypatch, tmp_path):
+    paths = pack.nodes.paths
+    assert paths.SHIPPED_MODELS is core.checkpoint.SHIPPED_MODELS  # one tuple, in gendr_core.checkpoint
+    assert core.checkpoint.DEFAULT_MODEL == core.checkpoint.SHIPPED_MODELS[0]
+    assert set(core.checkpoint.BUILTIN_MODELS) == set(core.checkpoint.SHIPPED_MODELS)
+    monkeypatch.setattr(paths, "SHIPPED_MODELS", ("new-first", "old-second", "never-shipped"))
+    for name in paths.SHIPPED_MODELS:
+        monkeypatch.setitem(paths.BUILTIN_MODELS, name, tmp_path / "assets" / f"{name}.safetensors")
+    assert paths.model_choices() == ["new-first"]  # nothing exists: the default entry alone
+    save_tiny(core, tmp_path / "assets" / "old-second.safetensors")  # a shipped asset
+    assert paths.model_choices() == ["old-second"]
+    save_tiny(core, Path(folder_paths.models_dir) / "gendr_pix" / "new-first.safetensors")  # a stand-in
+    save_tiny(core, Path(folder_paths.models_dir) / "gendr_pix" / "mine.safetensors")
+    assert paths.model_choices() == ["new-first", "old-second", "mine.safetensors"]
+    schema = pack.nodes.loader.GenDRPixLoader.GET_SCHEMA()
+    combo = next(i for i in schema.inputs if i.id == "model_name")
+    assert combo.options == paths.model_choices() and combo.default == "new-first"
 
 
 def test_loader_caches_across_prompts_and_reloads_changed_files(pack, nodes, model_file):
@@ -375,7 +397,7 @@ def test_interrupt_before_node_runs(nodes, model):
 
 def randpad_inputs(image, model, **over):
     kw = dict(image=image, model=model, scale=2.0, passes=3, seed=7, flips="1", tiling="off", tile_size=512,
-              tile_overlap=64)
+              tile_overlap=64, fixmod="auto")
     kw.update(over)
     return kw
 
@@ -403,9 +425,9 @@ def test_randpad_node_flips_run_the_geometric_ensemble(nodes, core, model):
     assert out.shape == (1, 32, 48, 3) and torch.equal(out, ref.movedim(1, -1))
     flips = comfy_stub.object_info(nodes["GenDRPixRandPad"])["input"]["required"]["flips"]
     assert flips[0] == "COMBO" and flips[1]["options"] == ["1", "2", "4", "8"]
-    # flips is the last widget: a workflow saved before it existed keeps its values in place
+    # new widgets go last: a workflow saved before one existed keeps its values in place
     widgets = [i.id for i in nodes["GenDRPixRandPad"].GET_SCHEMA().inputs if i.is_widget]
-    assert widgets == ["scale", "passes", "seed", "tiling", "tile_size", "tile_overlap", "flips"]
+    assert widgets == ["scale", "passes", "seed", "tiling", "tile_size", "tile_overlap", "flips", "fixmod"]
 
 
 def test_randpad_interrupts_between_passes(nodes, model):
@@ -415,39 +437,78 @@ def test_randpad_interrupts_between_passes(nodes, model):
     assert len(comfy.utils.PROGRESS_EVENTS) == 2
 
 
+def fixmod_inputs(image, reference, **over):
+    kw = dict(image=image, reference=reference, strength=1.0, mode="auto")
+    kw.update(over)
+    return kw
+
+
 def test_fixmod_wavelet_strength_and_reference_batch(nodes, core, model):
     cls = nodes["GenDRPixFixMod"]
     restored, lr = rand_image(2, 32, 32, 3, seed=1), rand_image(1, 16, 16, 3, seed=2)
-    none = comfy_stub.execute_node(cls, image=restored, reference=lr, strength=0.0).args[0]
+    none = comfy_stub.execute_node(cls, **fixmod_inputs(restored, lr, strength=0.0)).args[0]
     assert torch.equal(none, restored)
-    full = comfy_stub.execute_node(cls, image=restored, reference=lr, strength=1.0).args[0]
+    full = comfy_stub.execute_node(cls, **fixmod_inputs(restored, lr)).args[0]
     assert full.shape == (2, 32, 32, 3) and 0 <= full.min() and full.max() <= 1
     ref = core.ops.resize.resize(lr.movedim(-1, 1), (32, 32), "bicubic").expand(2, -1, -1, -1)
     fixed = core.ops.color_fix.wavelet_color_fix(restored.movedim(-1, 1), ref, 1.0).movedim(1, -1)
-    torch.testing.assert_close(full, fixed.clamp(0, 1))
+    assert torch.equal(full, fixed.clamp(0, 1))
     # low frequencies now follow the reference: the mean color moves to the reference's
     assert (full.mean((1, 2)) - lr.mean((1, 2))).abs().max() < (restored.mean((1, 2)) - lr.mean((1, 2))).abs().max()
-    half = comfy_stub.execute_node(cls, image=restored, reference=lr, strength=0.5, model=model).args[0]
+    half = comfy_stub.execute_node(cls, **fixmod_inputs(restored, lr, strength=0.5), model=model).args[0]
     torch.testing.assert_close(half, (restored + 0.5 * (fixed - restored)).clamp(0, 1), atol=1e-6, rtol=0)
+    # a model without a learned FixMod: 'wavelet' and 'auto' agree, 'off' passes through, 'learned' says why not
+    assert torch.equal(comfy_stub.execute_node(cls, **fixmod_inputs(restored, lr, mode="wavelet"), model=model).args[0],
+                       full)
+    assert torch.equal(comfy_stub.execute_node(cls, **fixmod_inputs(restored, lr, mode="off")).args[0], restored)
+    with pytest.raises(core.errors.ConfigError, match=r"tiny\.safetensors has no learned FixMod"):
+        comfy_stub.execute_node(cls, **fixmod_inputs(restored, lr, mode="learned"), model=model)
+    with pytest.raises(core.errors.ConfigError, match="none was given"):
+        comfy_stub.execute_node(cls, **fixmod_inputs(restored, lr, mode="learned"))
     with pytest.raises(ValueError, match="max"):
-        comfy_stub.execute_node(cls, image=restored, reference=lr, strength=1.5)
+        comfy_stub.execute_node(cls, **fixmod_inputs(restored, lr, strength=1.5))
     with pytest.raises(ValueError, match="reference batch 3"):
-        comfy_stub.execute_node(cls, image=restored, reference=rand_image(3, 8, 8, 3), strength=1.0)
+        comfy_stub.execute_node(cls, **fixmod_inputs(restored, rand_image(3, 8, 8, 3)))
+    # 'mode' is the last widget: a workflow saved before it existed keeps its strength
+    assert [i.id for i in cls.GET_SCHEMA().inputs if i.is_widget] == ["strength", "mode"]
 
 
-def test_fixmod_uses_learned_network_when_present(nodes, model):
-    class Offset(torch.nn.Module):
-        def forward(self, content, reference):
-            return content * 0 + reference.mean()
-
-    model.fixmod = Offset()
-    try:
-        restored, lr = rand_image(1, 32, 32, 3, seed=1), rand_image(1, 16, 16, 3, seed=2)
-        out = comfy_stub.execute_node(nodes["GenDRPixFixMod"], image=restored, reference=lr, strength=1.0,
-                                      model=model).args[0]
-    finally:
-        del model.fixmod
-    assert torch.allclose(out, out.flatten()[0].expand_as(out))
+def test_learned_fixmod_round_trip_through_loader_and_nodes(nodes, core):
+    """A model file with a learned (non-zero) FixMod, saved by gendr_core and read by the Loader node:
+    the FixMod node, the sampler and RandPad give exactly the library's output for that file."""
+    path = save_tiny(core, Path(folder_paths.models_dir) / "gendr_pix" / "with_fixmod.safetensors", fixmod=True)
+    loaded = comfy_stub.execute_node(nodes["GenDRPixLoader"], model_name="with_fixmod.safetensors", dtype="fp32").args[0]
+    lib = core.load_model(path, device="cpu", dtype="fp32")
+    assert isinstance(loaded.fixmod, core.models.FixMod) and loaded.fixmod.config == lib.fixmod.config
+    assert all(torch.equal(a, b) for a, b in zip(loaded.fixmod.state_dict().values(), lib.fixmod.state_dict().values(),
+                                                 strict=True))
+    cls = nodes["GenDRPixFixMod"]
+    restored, lr = rand_image(2, 32, 40, 3, seed=1), rand_image(2, 16, 20, 3, seed=2)
+    y = restored.movedim(-1, 1)
+    ref = core.ops.resize.resize(lr.movedim(-1, 1), (32, 40), "bicubic")
+    for mode in ("auto", "learned"):
+        for strength in (1.0, 0.5):
+            out = comfy_stub.execute_node(cls, **fixmod_inputs(restored, lr, strength=strength, mode=mode),
+                                          model=loaded).args[0]
+            expect = core.post_fix(y, ref, lib, "learned", strength).clamp(0, 1).movedim(1, -1)
+            assert torch.equal(out, expect), (mode, strength)
+    learned = comfy_stub.execute_node(cls, **fixmod_inputs(restored, lr), model=loaded).args[0]
+    wavelet = comfy_stub.execute_node(cls, **fixmod_inputs(restored, lr, mode="wavelet"), model=loaded).args[0]
+    assert (learned - wavelet).abs().max() > 1e-3  # the network changes the image
+    assert loaded.fixmod.head.weight.device == mm.unet_offload_device()  # moved back after the run
+    # the sampler and RandPad run the same post-fix after stitching, once; 'off' leaves it out
+    image = rand_image(1, 16, 20, 3, seed=3)
+    x = image.movedim(-1, 1)
+    run = lambda cls, kw: comfy_stub.execute_node(nodes[cls], **kw).args[0]  # noqa: E731
+    auto = run("GenDRPixPadCFGSampler", sampler_inputs(image, loaded))
+    assert torch.equal(auto, core.upscale(x, lib, 2.0, 1.0, tile="off").movedim(1, -1))
+    off = run("GenDRPixPadCFGSampler", sampler_inputs(image, loaded, fixmod="off"))
+    assert torch.equal(off, core.upscale(x, lib, 2.0, 1.0, tile="off", fixmod="off").movedim(1, -1))
+    assert (auto - off).abs().max() > 1e-3
+    rp = run("GenDRPixRandPad", randpad_inputs(image, loaded, fixmod="learned"))
+    assert torch.equal(rp, core.upscale(x, lib, 2.0, 1.0, randpad=3, seed=7, tile="off").movedim(1, -1))
+    widgets = [i.id for i in nodes["GenDRPixPadCFGSampler"].GET_SCHEMA().inputs if i.is_widget]
+    assert widgets[-1] == "fixmod"
 
 
 # ----------------------------------------------------------------------------- benchmark

@@ -4,7 +4,7 @@ Each file is checked the way ComfyUI's frontend and prompt validation read it: n
 widgets_values mapped onto the schema's widgets in order (with the seed's "control after
 generate" companion), each value's type/range/options and the node's own validate_inputs,
 socket names and link types. Then every workflow runs under the stub on a tiny model saved
-as the built-in ``gendr-pix-s``, with core nodes replaced by minimal stand-ins.
+as the shipped model(s) the workflow names, with core nodes replaced by minimal stand-ins.
 """
 
 from __future__ import annotations
@@ -156,8 +156,10 @@ def test_the_four_workflows_ship_with_thumbnails():
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_workflow_is_valid_for_our_schemas(path, ours):
     assert check_workflow(path, ours) == []
+    from gendr_core.checkpoint import SHIPPED_MODELS
+
     loaders = [n for n in load(path)["nodes"] if n["type"] == "GenDRPixLoader"]
-    assert loaders and all(n["widgets_values"][0] == "gendr-pix-s" for n in loaders)
+    assert loaders and all(n["widgets_values"][0] in SHIPPED_MODELS for n in loaders)
 
 
 def test_checker_catches_bad_values(ours, tmp_path):
@@ -213,10 +215,11 @@ def test_workflow_runs_on_a_tiny_builtin_model(path, ours, tmp_path, monkeypatch
 
     pack = comfy_stub.load_pack()
     folder_paths.set_models_dir(tmp_path / "models")
-    monkeypatch.setitem(pack.nodes.paths.BUILTIN_MODELS, "gendr-pix-s", tmp_path / "no-asset.safetensors")
-    torch.manual_seed(0)
-    gendr_core.save_model(gendr_core.build_model(tiny_gendr_pix_config()),
-                          tmp_path / "models" / "gendr_pix" / "gendr-pix-s.safetensors")
+    for name in {n["widgets_values"][0] for n in load(path)["nodes"] if n["type"] == "GenDRPixLoader"}:
+        monkeypatch.setitem(pack.nodes.paths.BUILTIN_MODELS, name, tmp_path / "no-asset.safetensors")
+        torch.manual_seed(0)  # a tiny stand-in in the model folder
+        gendr_core.save_model(gendr_core.build_model(tiny_gendr_pix_config()),
+                              tmp_path / "models" / "gendr_pix" / f"{name}.safetensors")
     pack.nodes.memory.clear_cache()
     sinks = run_workflow(load(path), ours)
     assert sinks

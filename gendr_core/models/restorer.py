@@ -4,7 +4,9 @@ Every restorer implements ``predict(x, cond) -> y``: ``x`` is an image on the ou
 (B,3,H,W) in [0,1] with H, W multiples of ``pad_multiple``; ``y`` has the same shape
 (unclamped). ``cond`` is a (B or 1, L, D) prompt embedding. The one-step estimate is
 x0 = (x_t - beta * eps(x_t; t, c)) / alpha (GenDR Eq. 2), with alpha, beta and t taken from
-the model's config.
+the model's config. A restorer may carry a learned post-fix, ``fixmod`` (GenDR-Pix Sec. A.1,
+:class:`~gendr_core.models.fixmod.FixMod`), stored under ``fixmod.`` in the same model file; it
+is applied by the pipeline after stitching, never inside ``predict``.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from ..config import DFOSDConfig, GenDRConfig, GenDRPixConfig, ModelConfig
+from ..config import DFOSDConfig, FixModConfig, GenDRConfig, GenDRPixConfig, ModelConfig
 from ..errors import ConfigError
 from ..ops.shuffle import shuffle, unshuffle
+from .fixmod import FixMod
 from .unet import build_unet, build_vae, estimate_unet_activation_bytes
 
 
@@ -24,6 +27,7 @@ class OneStepRestorer(nn.Module):
     """Shared parts: UNet, fixed prompt embeddings, the one-step formula."""
 
     kind: ClassVar[str] = ""
+    fixmod: FixMod | None
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -33,6 +37,17 @@ class OneStepRestorer(nn.Module):
         # Fixed positive/negative prompt embeddings, stored in the model file (GenDR Sec. 3.4).
         self.prompt_pos = nn.Parameter(torch.zeros(1, config.prompt_tokens, d), requires_grad=False)
         self.prompt_neg = nn.Parameter(torch.zeros(1, config.prompt_tokens, d), requires_grad=False)
+        self.register_module("fixmod", None)  # optional learned FixMod, see attach_fixmod
+
+    def attach_fixmod(self, fixmod: FixMod | FixModConfig | None) -> FixMod | None:
+        """Attach a learned FixMod (a module, or a fresh one built from its config) on this model's
+        device and dtype, or remove it with None. Its tensors then save and load with the model."""
+        if isinstance(fixmod, FixModConfig):
+            fixmod = FixMod(fixmod)
+        if fixmod is not None:
+            fixmod = fixmod.to(device=self.device, dtype=self.dtype)
+        self.fixmod = fixmod
+        return fixmod
 
     @property
     def pad_multiple(self) -> int:
