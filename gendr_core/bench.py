@@ -64,6 +64,7 @@ logger = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 RANDOM_WEIGHTS = "random (timing only)"
 RESULT_PREFIX = "GENDR_BENCH_RESULT "
+ERROR_PREFIX = "GENDR_BENCH_ERROR "  # a worker's one-line GenDRPixError (bad model file), re-raised by the parent
 PIPELINE_NAMES = {"gendr_pix": "gendr_pix", "gendr": "gendr_latent", "dfosd": "dfosd_latent"}
 TEACHER_KIND = "teacher"  # a recipe measured through gendr_core.teachers.load_teacher
 
@@ -563,7 +564,10 @@ def measure(job: dict[str, Any], memory: str) -> dict[str, Any]:
 
 
 def _load_teacher(path: str, device: torch.device, dtype: torch.dtype):
-    from .teachers import load_teacher
+    try:
+        from .teachers import load_teacher
+    except ImportError as exc:  # pragma: no cover - teachers.py is part of the package
+        raise GenDRPixError(f"--compare {path}: other model files need gendr_core.teachers ({exc})") from None
 
     try:
         teacher = load_teacher(path, device=device, dtype=dtype)
@@ -632,8 +636,13 @@ def _worker_main(spec: str) -> int:
     """``python -m gendr_core.bench --worker JSON``: one configuration, result as JSON on stdout."""
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     job = json.loads(spec)
-    with torch.no_grad():
-        result = measure(job, "rss")
+    try:
+        with torch.no_grad():
+            result = measure(job, "rss")
+    except (GenDRPixError, FileNotFoundError) as exc:
+        sys.stdout.write(ERROR_PREFIX + " ".join(str(exc).split()) + "\n")
+        sys.stdout.flush()
+        return 2
     sys.stdout.write(RESULT_PREFIX + json.dumps(result) + "\n")
     sys.stdout.flush()
     return 0
@@ -649,6 +658,9 @@ def run_worker(job: dict[str, Any], timeout: float | None = None) -> dict[str, A
     if proc.stderr:
         logger.debug("bench worker stderr:\n%s", proc.stderr)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
+    errors = [ln[len(ERROR_PREFIX):] for ln in proc.stdout.splitlines() if ln.startswith(ERROR_PREFIX)]
+    if errors:
+        raise GenDRPixError(errors[-1])
     if proc.returncode != 0 or not lines:
         why = "killed (out of memory?)" if proc.returncode in (-9, 137) else f"exit status {proc.returncode}"
         tail = "\n".join(proc.stderr.strip().splitlines()[-8:])

@@ -281,3 +281,12 @@ def test_unloadable_compare_file_names_it(tmp_path, fake_teachers):
     with pytest.raises(GenDRPixError, match="junk.pth: cannot load as a model"):
         run_benchmark("random:tiny", [(64, 64)], repeats=1, warmup=0, fresh_process_on_cpu=False, device="cpu",
                       threads=1, compare_models=[str(junk)])
+
+
+def test_unloadable_compare_file_in_a_fresh_process_is_one_line(tmp_path):
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"junk")
+    with pytest.raises(GenDRPixError) as info:
+        run_benchmark("random:tiny", [(64, 64)], repeats=1, warmup=0, device="cpu", threads=1,
+                      compare_models=[str(junk)])
+    assert "junk.pth" in str(info.value) and "\n" not in str(info.value)
