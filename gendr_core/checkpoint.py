@@ -162,7 +162,8 @@ def load_state_dict(path: Path, expected: dict[str, torch.Size],
         if missing:
             raise CheckpointFormatError(f"{path}: missing tensor(s) {missing[:5]}{' ...' if len(missing) > 5 else ''} "
                                         f"({len(missing)} in all) required by its config")
-        if unexpected and all(k.startswith(FIXMOD_PREFIX) for k in unexpected):
+        reads_fixmod = any(k.startswith(FIXMOD_PREFIX) for k in expected)
+        if unexpected and not reads_fixmod and all(k.startswith(FIXMOD_PREFIX) for k in unexpected):
             has_cfg = FIXMOD_CONFIG_KEY in (f.metadata() or {})
             raise CheckpointFormatError(
                 f"{path}: tensor(s) {unexpected[:3]}{' ...' if len(unexpected) > 3 else ''} belong to a learned FixMod "

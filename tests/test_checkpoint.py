@@ -98,3 +98,110 @@ def test_describe(tiny_pix):
     d = describe(tiny_pix)
     assert d["kind"] == "gendr_pix" and d["parameters"] == sum(p.numel() for p in tiny_pix.parameters())
     assert d["prompt_embeddings"]["positive"] == [1, 4, 8]
+
+
+# ----------------------------------------------------------------------------- learned FixMod in the model file
+
+
+def with_fixmod(model, seed: int = 1):
+    from gendr_core.config import tiny_fixmod_config
+
+    torch.manual_seed(seed)
+    net = model.attach_fixmod(tiny_fixmod_config())
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.2)
+    return model
+
+
+def test_fixmod_round_trip_identical_tensors_and_outputs(tmp_path, tiny_pix):
+    from gendr_core import upscale
+    from gendr_core.checkpoint import FIXMOD_CONFIG_KEY, read_fixmod_config
+
+    m = with_fixmod(tiny_pix)
+    p = save_model(m, tmp_path / "m.safetensors")
+    _, _, meta = read_header(p)
+    assert read_fixmod_config(p, meta) == m.fixmod.config and FIXMOD_CONFIG_KEY in meta
+    with safetensors.safe_open(str(p), framework="pt") as f:
+        assert sorted(k for k in f.keys() if k.startswith("fixmod.")) == sorted(
+            f"fixmod.{k}" for k in m.fixmod.state_dict())
+    loaded = load_model(p, device="cpu")
+    assert loaded.fixmod is not None and loaded.fixmod.config == m.fixmod.config
+    a, b = m.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not any(q.requires_grad for q in loaded.fixmod.parameters())
+    x = torch.rand(1, 3, 16, 20, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(upscale(x, loaded, 2), upscale(x, m, 2))
+    assert not torch.equal(upscale(x, loaded, 2), upscale(x, loaded, 2, fixmod="off"))
+    # fp16 file: FixMod weights stored in fp16 too, loaded in the requested dtype
+    h = load_model(save_model(m, tmp_path / "h.safetensors", dtype=torch.float16), device="cpu", dtype="bf16")
+    assert h.fixmod.head.weight.dtype == torch.bfloat16
+    # a file without FixMod loads as before
+    assert load_model(save_model(build_model(tiny_pix.config), tmp_path / "plain.safetensors"), device="cpu").fixmod is None
+    m.attach_fixmod(None)
+    assert "fixmod.head.weight" not in m.state_dict()
+
+
+@pytest.mark.parametrize("make", [tiny_gendr_config, tiny_dfosd_config])
+def test_fixmod_on_latent_kinds(tmp_path, make):
+    m = with_fixmod(build_model(make()))
+    loaded = load_model(save_model(m, tmp_path / "m.safetensors"), device="cpu")
+    assert loaded.kind == m.kind and torch.equal(loaded.fixmod.head.weight, m.fixmod.head.weight)
+
+
+def test_fixmod_file_errors_name_file_and_keys(tmp_path, tiny_pix):
+    from gendr_core.checkpoint import FIXMOD_CONFIG_KEY, FIXMOD_PREFIX, load_state_dict
+
+    m = with_fixmod(tiny_pix)
+    sd = {k: v.contiguous() for k, v in m.state_dict().items()}
+    meta = {"format": "pt", KIND_KEY: "gendr_pix", CONFIG_KEY: m.config.to_json(),
+            FIXMOD_CONFIG_KEY: m.fixmod.config.to_json()}
+    bad = tmp_path / "bad.safetensors"
+    # FixMod tensors but no FixMod config
+    safetensors.torch.save_file(sd, bad, metadata={k: v for k, v in meta.items() if k != FIXMOD_CONFIG_KEY})
+    with pytest.raises(CheckpointFormatError, match=r"bad.safetensors: tensor\(s\) \['fixmod\..*belong to a learned "
+                                                    r"FixMod but the metadata has no 'gendr_pix.fixmod_config'"):
+        load_model(bad)
+    # FixMod config but its tensors missing
+    safetensors.torch.save_file({k: v for k, v in sd.items() if not k.startswith(FIXMOD_PREFIX)}, bad, metadata=meta)
+    with pytest.raises(CheckpointFormatError, match=r"bad.safetensors: missing tensor\(s\) \['fixmod\."):
+        load_model(bad)
+    # a FixMod config that does not parse
+    safetensors.torch.save_file(sd, bad, metadata={**meta, FIXMOD_CONFIG_KEY: '{"width": 3}'})
+    with pytest.raises(CheckpointFormatError, match=r"bad.safetensors: 'gendr_pix.fixmod_config': unknown key\(s\) "
+                                                    r"\['width'\]"):
+        load_model(bad)
+    # a FixMod tensor of the wrong shape, and a stray tensor next to a valid FixMod
+    safetensors.torch.save_file({**sd, "fixmod.head.bias": torch.zeros(5)}, bad, metadata=meta)
+    with pytest.raises(CheckpointFormatError, match=r"'fixmod.head.bias' has shape \(5,\), expected \(12,\)"):
+        load_model(bad)
+    safetensors.torch.save_file({**sd, "fixmod.extra": torch.zeros(1)}, bad, metadata=meta)
+    with pytest.raises(CheckpointFormatError, match=r"unexpected tensor\(s\) \['fixmod.extra'\]"):
+        load_model(bad)
+    # readers of the restorer alone (e.g. a trainer's init_from) are told how, and can skip the FixMod
+    good = save_model(m, tmp_path / "good.safetensors")
+    plain = {k: v.shape for k, v in build_model(m.config).state_dict().items()}
+    with pytest.raises(CheckpointFormatError, match=r"skip_prefixes=\('fixmod.',\)"):
+        load_state_dict(good, plain)
+    restorer = load_state_dict(good, plain, skip_prefixes=(FIXMOD_PREFIX,))
+    assert restorer.keys() == plain.keys() and torch.equal(restorer["prompt_pos"], m.prompt_pos)
+    with pytest.raises(ValueError, match=r"metadata keys \['gendr_pix.fixmod_config'\] are written from the model"):
+        save_model(m, tmp_path / "x.safetensors", metadata={FIXMOD_CONFIG_KEY: "{}"})
+
+
+def test_describe_fixmod(tiny_pix):
+    assert describe(tiny_pix)["fixmod"] is None
+    m = with_fixmod(tiny_pix)
+    d = describe(m)
+    assert d["fixmod"] == {"parameters": 2_524, "config": json.loads(m.fixmod.config.to_json())}
+    assert d["parameters"] == sum(p.numel() for p in m.parameters())  # restorer + FixMod
+
+
+def test_shipped_models_are_one_tuple():
+    from gendr_core import checkpoint
+
+    assert checkpoint.DEFAULT_MODEL == checkpoint.SHIPPED_MODELS[0] == checkpoint.DEFAULT_MODEL_NAME
+    assert list(checkpoint.BUILTIN_MODELS) == list(checkpoint.SHIPPED_MODELS)
+    assert all(p == checkpoint.ASSETS_DIR / f"{n}.safetensors" for n, p in checkpoint.BUILTIN_MODELS.items())
+    assert checkpoint.resolve_model_path(None) == checkpoint.BUILTIN_MODELS[checkpoint.DEFAULT_MODEL] or \
+        not checkpoint.BUILTIN_MODELS[checkpoint.DEFAULT_MODEL].exists()

@@ -81,3 +81,68 @@ def test_upscale_ensemble_flag_matches_the_library(tmp_path, model_file):
     assert np.array_equal(np.asarray(Image.open(out)), np.asarray(ref))
     with pytest.raises(SystemExit):  # argparse rejects sizes outside 1/2/4/8
         main(["upscale", str(src), "--model", model_file, "--ensemble", "3"])
+
+
+@pytest.fixture
+def fixmod_file(tmp_path, tiny_pix):
+    import copy
+
+    from gendr_core.config import tiny_fixmod_config
+
+    model = copy.deepcopy(tiny_pix)  # tiny_pix itself stays without FixMod (model_file saves it)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.attach_fixmod(tiny_fixmod_config()).parameters():
+            p.normal_(0, 0.2)
+    return str(save_model(model, tmp_path / "with_fixmod.safetensors"))
+
+
+def test_upscale_fixmod_flag_matches_the_library(tmp_path, fixmod_file, model_file, capsys):
+    import numpy as np
+
+    from gendr_core import load_model, upscale
+
+    src = FIXTURES / "kodim23_crop96.png"
+    lib = load_model(fixmod_file)
+    runs = {"default": [], "off": ["--fixmod", "off"], "wavelet": ["--fixmod", "wavelet", "--color-fix", "0.5"],
+            "learned": ["--fixmod", "learned", "--color-fix", "0.5"]}
+    expect = {"default": {}, "off": {"fixmod": "off"}, "wavelet": {"fixmod": "wavelet", "color_fix": 0.5},
+              "learned": {"fixmod": "learned", "color_fix": 0.5}}
+    outs = {}
+    for name, flags in runs.items():
+        out = tmp_path / f"{name}.png"
+        assert main(["upscale", str(src), "-o", str(out), "--model", fixmod_file, "--scale", "2", "-q", *flags]) == 0
+        outs[name] = np.asarray(Image.open(out))
+        ref = upscale(Image.open(src), lib, scale=2, **expect[name])
+        assert np.array_equal(outs[name], np.asarray(ref)), name
+    assert not np.array_equal(outs["default"], outs["off"])  # the file's FixMod runs by default
+    # 'learned' on a file without FixMod: one line naming the file, exit 2, nothing written
+    capsys.readouterr()
+    rc = main(["upscale", str(src), "-o", str(tmp_path / "x.png"), "--model", model_file, "--fixmod", "learned", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and f"{model_file} has no learned FixMod" in err
+    assert not (tmp_path / "x.png").exists()
+    rc = main(["upscale", str(src), "-o", str(tmp_path / "x.png"), "--model", model_file, "--fixmod", "off",
+               "--color-fix", "1", "-q"])
+    assert rc == 2 and "no effect with fixmod='off'" in capsys.readouterr().err
+
+
+def test_inspect_shows_fixmod(fixmod_file, model_file, capsys):
+    assert main(["inspect", fixmod_file]) == 0
+    text = capsys.readouterr().out
+    assert 'fixmod:      learned, 2,524 parameters, config {"channels": [4, 8]' in text
+    assert "gendr_pix.fixmod_config" not in text  # shown once, on the fixmod line
+    assert main(["inspect", fixmod_file, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["fixmod"]["parameters"] == 2_524
+    assert main(["inspect", model_file]) == 0
+    assert "fixmod:      none" in capsys.readouterr().out
+
+
+def test_model_help_lists_the_shipped_models(capsys):
+    from gendr_core.checkpoint import DEFAULT_MODEL, SHIPPED_MODELS
+
+    with pytest.raises(SystemExit):
+        main(["upscale", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"({', '.join(SHIPPED_MODELS)}; default {DEFAULT_MODEL})" in text
+    assert "--fixmod {auto,off,wavelet,learned}" in text

@@ -103,9 +103,60 @@ def test_pil_rgba_gray_and_16bit(tiny_pix):
 
 
 def test_color_fix_applied_after_stitching(conv_model, gen):
+    from gendr_core.ops.color_fix import wavelet_color_fix
+
     x = torch.rand(1, 3, 64, 64, generator=gen)
     y = upscale(x, conv_model, scale=2, color_fix=1.0, tile=64, overlap=32)
     assert y.shape == (1, 3, 128, 128)
+    grid = resize(x, (128, 128), "bicubic")
+    stitched = restore_grid(grid, conv_model, tile=64, overlap=32).float()
+    assert torch.equal(y, wavelet_color_fix(stitched, grid, 1.0).clamp(0, 1))  # once, on the stitched image
+
+
+def attach_trained_fixmod(model, seed=1):
+    from gendr_core.config import tiny_fixmod_config
+
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.attach_fixmod(tiny_fixmod_config()).parameters():
+            p.normal_(0, 0.2)
+    return model
+
+
+def test_default_post_fix_keeps_outputs_of_files_without_fixmod(tiny_pix, gen):
+    from gendr_core.ops.color_fix import wavelet_color_fix
+
+    x = torch.rand(1, 3, 16, 24, generator=gen)
+    grid = resize(x, (32, 48), "bicubic")
+    restored = restore_grid(grid, tiny_pix, tile="off").float()
+    assert torch.equal(upscale(x, tiny_pix, 2), restored.clamp(0, 1))  # as before FixMod existed
+    assert torch.equal(upscale(x, tiny_pix, 2, fixmod="off"), restored.clamp(0, 1))
+    assert torch.equal(upscale(x, tiny_pix, 2, color_fix=0.5), wavelet_color_fix(restored, grid, 0.5).clamp(0, 1))
+    assert torch.equal(upscale(x, tiny_pix, 2, fixmod="wavelet"), wavelet_color_fix(restored, grid).clamp(0, 1))
+    from gendr_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="has no learned FixMod"):
+        upscale(x, tiny_pix, 2, fixmod="learned")
+
+
+def test_learned_fixmod_runs_once_after_stitching(conv_model, gen):
+    from gendr_core.pipeline import post_fix
+
+    model = attach_trained_fixmod(conv_model)
+    x = torch.rand(1, 3, 64, 64, generator=gen)
+    grid = resize(x, (128, 128), "bicubic")
+    stitched = restore_grid(grid, model, tile=64, overlap=32).float()
+    with torch.no_grad():
+        fixed = model.fixmod(stitched, grid)
+    y = upscale(x, model, scale=2, tile=64, overlap=32)  # default: the file's learned FixMod
+    assert torch.equal(y, fixed.clamp(0, 1))
+    assert torch.equal(upscale(x, model, scale=2, tile=64, overlap=32, fixmod="learned"), y)
+    half = upscale(x, model, scale=2, tile=64, overlap=32, color_fix=0.5)
+    assert torch.equal(half, post_fix(stitched, grid, model, "learned", 0.5).clamp(0, 1))
+    assert torch.equal(half, (stitched + 0.5 * (fixed - stitched)).clamp(0, 1))
+    assert torch.equal(upscale(x, model, scale=2, tile=64, overlap=32, fixmod="off"), stitched.clamp(0, 1))
+    with pytest.raises(ValueError, match="no effect with fixmod='off'"):
+        upscale(x, model, scale=2, fixmod="off", color_fix=1.0)
 
 
 def test_degenerate_inputs_raise_clear_errors(tiny_pix):

@@ -1,4 +1,5 @@
-"""Quality guard for the shipped ``gendr-pix-s``: it must restore better than bicubic.
+"""Quality guard for the shipped ``gendr-pix-s`` (the fidelity model): it must restore better than
+bicubic; and checks every model of ``SHIPPED_MODELS`` whose asset is present.
 
 The fixture is a 192x192 centre crop of Kodak image 8 (``tests/fixtures``), which is not in
 the training data. It is degraded with the fixed evaluation degradation of ``gendr-pix eval``
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gendr_core.checkpoint import BUILTIN_MODELS, DEFAULT_MODEL_NAME, load_model
+from gendr_core.checkpoint import BUILTIN_MODELS, DEFAULT_MODEL, SHIPPED_MODELS, load_model, read_header
 from gendr_core.degradation import degrade_fixed
 from gendr_core.evaluate import evaluate
 from gendr_core.imageio import load_image
@@ -29,21 +30,37 @@ FIXTURE = Path(__file__).parent / "fixtures" / "kodim08_crop192.png"
 PSNR_GAIN_MIN, SSIM_GAIN_MIN = 0.7, 0.045
 SET5_PSNR_GAIN_MIN, SET5_SSIM_GAIN_MIN = 0.9, 0.04
 
-pytestmark = pytest.mark.skipif(not BUILTIN_MODELS[DEFAULT_MODEL_NAME].is_file(),
-                                reason="shipped model asset missing (package installed without assets?)")
+FIDELITY = "gendr-pix-s"  # named, not by position: the default may become another shipped model
+needs_asset = pytest.mark.skipif(not BUILTIN_MODELS[FIDELITY].is_file(),
+                                 reason="shipped model asset missing (package installed without assets?)")
 
 
 @pytest.fixture(scope="module")
 def model():
-    return load_model(dtype="fp32")
+    return load_model(FIDELITY, dtype="fp32")
 
 
+@pytest.mark.parametrize("name", SHIPPED_MODELS)
+def test_every_shipped_model_with_an_asset_is_small_and_loads(name):
+    asset = BUILTIN_MODELS[name]
+    if not asset.is_file():
+        pytest.skip(f"SKIPPED LOUDLY: shipped model {name!r} has no asset at {asset}")
+    assert asset.stat().st_size <= 25 * 10**6
+    kind, config, meta = read_header(asset)
+    assert kind == "gendr_pix" and config.pad_multiple > 0
+    if name == DEFAULT_MODEL:
+        assert load_model(dtype="fp32", device="cpu").source_path == str(asset)  # load_model()'s default
+
+
+@needs_asset
 def test_shipped_model_is_x4_unshuffle_and_small(model):
+    assert FIDELITY in SHIPPED_MODELS
     assert model.config.shuffle_factor == 4
-    assert BUILTIN_MODELS[DEFAULT_MODEL_NAME].stat().st_size <= 25 * 10**6
+    assert BUILTIN_MODELS[FIDELITY].stat().st_size <= 25 * 10**6
     assert 10_000_000 < sum(p.numel() for p in model.parameters()) < 12_500_000
 
 
+@needs_asset
 def test_shipped_model_beats_bicubic_on_kodak_crop(model):
     hr, _, _ = load_image(FIXTURE)
     assert hr.shape == (1, 3, 192, 192)
@@ -58,6 +75,7 @@ def test_shipped_model_beats_bicubic_on_kodak_crop(model):
     assert gain_ssim > SSIM_GAIN_MIN, gain_ssim
 
 
+@needs_asset
 def test_shipped_model_beats_bicubic_on_set5(model, shared_data):
     rows = {(r.dataset, r.method): r for r in evaluate(model, [shared_data / "val" / "Set5" / "HR"], scale=4,
                                                           with_niqe=False)}
