@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -166,3 +168,78 @@ def test_post_fix_outputs(models):
     assert torch.equal(post_fix(y, ref, with_net, "learned", 0.5), y + 0.5 * (fixed - y))
     assert torch.equal(post_fix(y, ref, with_net, "wavelet"), wavelet_color_fix(y, ref))
     assert torch.equal(post_fix(y, ref, with_net, "off"), y)
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+def test_train_fixmod_tiny_writes_restorer_plus_fixmod_and_resumes(tmp_path):
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    from gendr_core import load_model, save_model
+    from gendr_core.checkpoint import read_header
+    from trainers.train_fixmod import TRAIN_STEP_KEY, load_config, train
+
+    repo = Path(__file__).resolve().parents[1]
+    torch.manual_seed(0)
+    restorer = build_model(tiny_gendr_pix_config())
+    with torch.no_grad():
+        restorer.prompt_pos.normal_()
+    src = save_model(restorer, tmp_path / "restorer.safetensors", dtype=torch.float16)
+    fixtures = [str(repo / "tests" / "fixtures")]
+
+    def config(out):
+        return load_config(repo / "trainers" / "configs" / "fixmod_tiny_cpu.json", {
+            "restorer": str(src), "output_dir": str(tmp_path / out), "data.train_dirs": fixtures,
+            "data.val_dirs": fixtures, "optim.max_steps": 3})
+
+    cfg = config("run")
+    path = train(cfg, resume=False)
+    assert path == tmp_path / "run" / "model_fixmod.safetensors"
+    model = load_model(path, device="cpu", dtype="fp32")
+    assert model.fixmod is not None and model.fixmod.config == cfg.fixmod
+    assert model.fixmod.head.weight.abs().max() > 0  # trained away from the zero init
+    _, _, meta = read_header(path)
+    assert meta[TRAIN_STEP_KEY] == "3" and json.loads(meta["gendr_pix.fixmod_train_config"])["restorer"] == str(src)
+    with safe_open(str(src), framework="pt") as a, safe_open(str(path), framework="pt") as b:
+        restorer_keys = set(a.keys())
+        assert {k for k in b.keys() if not k.startswith("fixmod.")} == restorer_keys
+        for k in restorer_keys:  # the restorer is frozen: bit-identical tensors, same dtype (fp16)
+            assert torch.equal(a.get_tensor(k), b.get_tensor(k)) and b.get_tensor(k).dtype == torch.float16, k
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if r["kind"] == "train"] == [1, 2, 3]
+    (val,) = [r for r in log if r["kind"] == "val"]
+    assert set(val) >= {"psnr_y", "psnr_y_restorer", "psnr_y_wavelet", "psnr_y_bicubic"}
+    # stopped after 2 steps and resumed: the same FixMod as the uninterrupted run
+    cfg2 = config("resumed")
+    assert train(cfg2, resume=True, stop_after=2) == tmp_path / "resumed"
+    assert not cfg2.output_path().exists()
+    train(cfg2, resume=True)
+    a, b = load_model(path, device="cpu").fixmod.state_dict(), load_model(cfg2.output_path(), device="cpu").fixmod
+    assert all(torch.equal(a[k], v) for k, v in b.state_dict().items())
+
+
+def test_train_fixmod_config_errors(tmp_path):
+    from pathlib import Path
+
+    from trainers.train_fixmod import FixModTrainConfig, init_fixmod, load_config
+
+    repo = Path(__file__).resolve().parents[1]
+    cfg = load_config(repo / "trainers" / "configs" / "fixmod_tiny_cpu.json")
+    assert cfg.restorer == "gendr-pix-s" and cfg.fixmod.channels == (8, 16, 32)
+    with pytest.raises(ConfigError, match="missing 1 required positional argument: 'restorer'"):
+        FixModTrainConfig.from_dict({})
+    with pytest.raises(ConfigError, match="fixmod_init='warm' must be 'zero' or 'file'"):
+        FixModTrainConfig(restorer="x", fixmod_init="warm")
+    with pytest.raises(ConfigError, match="target='xr' must be 'auto' or 'hr'"):
+        FixModTrainConfig(restorer="x", target="xr")
+    with pytest.raises(ConfigError, match=r"model.safetensors has no learned FixMod to continue from"):
+        init_fixmod(FixModTrainConfig(restorer="x", fixmod_init="file"), None, tmp_path / "model.safetensors")
+    other = FixMod(tiny_fixmod_config())
+    with pytest.raises(ConfigError, match="the training config's 'fixmod' is"):
+        init_fixmod(FixModTrainConfig(restorer="x", fixmod_init="file"), other, tmp_path / "model.safetensors")
+    same = trained(tiny_fixmod_config())
+    net = init_fixmod(FixModTrainConfig(restorer="x", fixmod=tiny_fixmod_config(), fixmod_init="file"), same, tmp_path)
+    assert all(torch.equal(p, q) for p, q in zip(net.parameters(), same.parameters(), strict=True))
