@@ -243,3 +243,14 @@ def test_train_fixmod_config_errors(tmp_path):
     same = trained(tiny_fixmod_config())
     net = init_fixmod(FixModTrainConfig(restorer="x", fixmod=tiny_fixmod_config(), fixmod_init="file"), same, tmp_path)
     assert all(torch.equal(p, q) for p, q in zip(net.parameters(), same.parameters(), strict=True))
+
+
+def test_recipe_config_parses_with_the_default_fixmod():
+    from pathlib import Path
+
+    from trainers.train_fixmod import load_config
+
+    repo = Path(__file__).resolve().parents[1]
+    cfg = load_config(repo / "trainers" / "configs" / "fixmod_gendr_pix_s.json")
+    assert cfg.fixmod == FixModConfig() and cfg.restorer == "gendr-pix-s" and cfg.targets is None
+    assert cfg.data.scales == (4,) and cfg.optim.max_steps == 2000 and cfg.output_path().name == "model_fixmod.safetensors"

@@ -308,6 +308,7 @@ def train(cfg: FixModTrainConfig, resume: bool = True, stop_after: int | None = 
             rec = {"kind": "train", "step": step, "loss": float(loss.detach()), "lr": sched.get_last_lr()[0],
                    "images_per_s": seen / (time.time() - t0), "target": "xr" if target is not hr else "hr"}
             rec.update({f"loss_{k}": float(v.detach()) for k, v in losses.items()})
+            rec["l1_restorer"] = float(l1_loss(y, target))  # the same batch without FixMod, for comparison
             log.write(rec)
             pbar.set_postfix(loss=f"{float(loss.detach()):.4f}")
         if acc.is_main_process and cached and (step % cfg.val_every == 0 or step == end):
