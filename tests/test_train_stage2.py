@@ -290,8 +290,24 @@ def test_online_teacher_targets_validation_and_export(tmp_path, files, teacher_l
     assert train_cfg["loss"]["perceptual_kind"] == "feature_matching" and train_cfg["teacher"] == str(files["teacher"])
 
 
-def test_precomputed_teacher_shards(tmp_path, files):
-    data = pytest.importorskip("gendr_core.data")
-    if not hasattr(data, "TeacherPairShards"):
-        pytest.skip("gendr_core.data.TeacherPairShards not available yet")
-    pytest.skip("shard writer interface not wired into this test yet")
+def test_precomputed_teacher_shards_train_and_resume(tmp_path, files):
+    """x_r from TeacherPairShards (written by make_teacher_targets with the tiny teacher): 3 steps +
+    resume to 5 == 5 straight; the L1 term is against the stored teacher output, not the HR crop."""
+    make_targets = pytest.importorskip("trainers.make_teacher_targets").make_targets
+
+    shards = tmp_path / "shards"
+    make_targets(str(files["teacher"]), shards, [str(FIXTURES)], count=6, crop=48, scale=4, shard_size=4, batch=3)
+    over = {"targets": str(shards), "loss.adversarial": 0.0, "loss.perceptual": 0.0, "loss.mfs": 0.0}
+    full = s2.train(_cfg(tmp_path, files, "full", **over), resume=False)
+    part_cfg = _cfg(tmp_path, files, "part", **over)
+    s2.train(part_cfg, resume=False, stop_after=3)
+    s2.train(part_cfg, resume=True)
+    a, b = _ckpt_tensors(full), _ckpt_tensors(tmp_path / "part")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    recs = [json.loads(x) for x in (full / "train_log.jsonl").read_text().splitlines()]
+    assert recs[0]["target_source"] == "shards"
+    train = [r for r in recs if r["kind"] == "train"]
+    assert [r["step"] for r in train] == [1, 2, 3, 4, 5]
+    assert all(abs(r["loss_l1"] - r["l1_hr"]) > 1e-4 for r in train)  # the target is xr, not hr
+    with pytest.raises(ConfigError, match=r"data.scales=\[2\] but the shards .* are x4"):
+        s2.train(_cfg(tmp_path, files, "bad", **over, **{"data.scales": [2]}), resume=False)

@@ -258,28 +258,18 @@ def collate_with_targets(items: list[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
-class _Cycle(torch.utils.data.Dataset):
-    """Index ``i`` -> item ``i mod len(ds)``: StepBatchSampler's step-indexed batches over a finite
-    shard set (the shard dataset's own seed decides the order)."""
-
-    def __init__(self, ds) -> None:
-        self.ds = ds
-
-    def __len__(self) -> int:
-        return 2**62
-
-    def __getitem__(self, i: int):
-        return self.ds[i % len(self.ds)]
-
-
 def build_dataset(cfg: Stage2Config):
-    if cfg.targets:
-        from gendr_core.data import TeacherPairShards
-
-        ds = TeacherPairShards(cfg.targets, seed=cfg.seed)
-        logger.info("targets: %d precomputed teacher pairs from %s", len(ds), cfg.targets)
-        return _Cycle(ds)
+    """Step-indexed training items: teacher shards (hr, lr, xr; stored pairs repeat every pass with
+    a fresh flip/transpose drawn from (seed, index)), or HR crops + on-the-fly degradation."""
     bsz = cfg.data.batch_size
+    if cfg.targets:
+        from gendr_core.data import TeacherPairShards  # written by make_teacher_targets; only for shard runs
+
+        ds = TeacherPairShards(cfg.targets, seed=cfg.seed, epoch_length=cfg.optim.max_steps * bsz)
+        if cfg.data.scales != (ds.scale,):
+            raise ConfigError(f"data.scales={list(cfg.data.scales)} but the shards in targets={cfg.targets} are x{ds.scale}")
+        logger.info("targets: %d precomputed teacher pairs (x%d) from %s", ds.n, ds.scale, cfg.targets)
+        return ds
     return HRFolderDataset(list(cfg.data.train_dirs), crop_size=cfg.data.crop_size, scales=cfg.data.scales,
                            degradation=cfg.degradation or DegradationConfig(), seed=cfg.seed,
                            epoch_length=cfg.optim.max_steps * bsz, batch_size=bsz)
