@@ -254,3 +254,16 @@ def test_recipe_config_parses_with_the_default_fixmod():
     cfg = load_config(repo / "trainers" / "configs" / "fixmod_gendr_pix_s.json")
     assert cfg.fixmod == FixModConfig() and cfg.restorer == "gendr-pix-s" and cfg.targets is None
     assert cfg.data.scales == (4,) and cfg.optim.max_steps == 2000 and cfg.output_path().name == "model_fixmod.safetensors"
+
+
+def test_train_fixmod_degrades_like_the_restorer_was_trained(tmp_path):
+    from gendr_core.degradation import DegradationConfig
+    from trainers.train_fixmod import FixModTrainConfig, resolve_degradation
+
+    mild = DegradationConfig(scales=(4,), final_sinc_prob=0.0)
+    meta = {"gendr_pix.train_config": json.dumps({"degradation": mild.to_dict(), "seed": 0})}
+    cfg = FixModTrainConfig(restorer="x")
+    assert resolve_degradation(cfg, meta, tmp_path).degradation == mild
+    assert resolve_degradation(cfg, {}, tmp_path).degradation == DegradationConfig()  # none recorded
+    own = FixModTrainConfig(restorer="x", degradation=DegradationConfig(scales=(2,)))
+    assert resolve_degradation(own, meta, tmp_path) is own

@@ -11,7 +11,9 @@ own inference outputs (gendr_core.models.fixmod.FixMod, gendr_core.pipeline.post
 
 x_lq is the bicubic LQ on the output grid and x_t the target: the teacher output x_r when the data
 carries it (``targets``: precomputed teacher shards, gendr_core.data.TeacherPairShards, items with
-``hr``, ``lr``, ``xr``) and ``target`` is "auto"; the HQ crop otherwise. FixMod starts with a zero
+``hr``, ``lr``, ``xr``) and ``target`` is "auto"; the HQ crop otherwise. Without ``targets`` the LQ
+crops are degraded as the restorer's own training data were (its file's recorded train config), unless
+``degradation`` says otherwise. FixMod starts with a zero
 last layer, i.e. as the wavelet color fix exactly (``fixmod_init`` "file" continues from the
 restorer file's own FixMod instead). Training keeps an EMA of the FixMod weights, validates
 restorer / +wavelet fix / +FixMod against HQ, checkpoints and resumes through trainers/loop.py, and
@@ -29,7 +31,7 @@ import argparse
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +101,7 @@ class FixModTrainConfig(JSONConfig):
     fixmod: FixModConfig = field(default_factory=FixModConfig)
     fixmod_init: str = "zero"  # "zero": start as the wavelet fix; "file": the restorer file's own FixMod
     data: DataConfig = field(default_factory=DataConfig)
-    degradation: DegradationConfig | None = None  # None = Real-ESRGAN defaults (as the restorer's training)
+    degradation: DegradationConfig | None = None  # None: the restorer's own (resolve_degradation)
     targets: str | None = None  # folder of precomputed teacher shards (gendr_core.data.TeacherPairShards)
     target: str = "auto"  # "auto": the teacher output x_r when the data has it, else HQ; "hr": always HQ
     guidance: float = 1.0  # PadCFG w of the restorer pass that produces FixMod's input
@@ -140,6 +142,21 @@ def file_dtype(path: Path) -> torch.dtype:
     """The dtype of a model file's floating tensors (read from its prompt embedding)."""
     with safe_open(str(path), framework="pt") as f:
         return f.get_tensor("prompt_pos").dtype
+
+
+def resolve_degradation(cfg: FixModTrainConfig, meta: dict[str, str], where: Path) -> FixModTrainConfig:
+    """``cfg`` with ``degradation`` filled: the one the restorer was trained with, read from its file's
+    ``gendr_pix.train_config`` (written by trainers/export.py), so FixMod learns to fix the outputs the
+    restorer gives on the inputs it was made for; Real-ESRGAN defaults when the file records none."""
+    if cfg.degradation is not None or cfg.targets:
+        return cfg
+    train_cfg = json.loads(meta.get("gendr_pix.train_config", "{}"))
+    if train_cfg.get("degradation") is None:
+        logger.info("%s records no training degradation; using the Real-ESRGAN defaults", where)
+        return replace(cfg, degradation=DegradationConfig())
+    logger.info("degradation: the restorer's own, from %s", where)
+    return replace(cfg, degradation=DegradationConfig.from_dict(
+        train_cfg["degradation"], where=f"{where}: 'gendr_pix.train_config'.degradation"))
 
 
 def init_fixmod(cfg: FixModTrainConfig, file_fixmod: FixMod | None, where: Path) -> FixMod:
@@ -241,6 +258,7 @@ def train(cfg: FixModTrainConfig, resume: bool = True, stop_after: int | None = 
     # -- frozen restorer, trainable FixMod
     source = resolve_model_path(cfg.restorer)
     restorer = load_model(source, device=acc.device, dtype=torch.float32)
+    cfg = resolve_degradation(cfg, restorer.metadata, source)
     file_fixmod = restorer.fixmod
     restorer.attach_fixmod(None)  # the restorer pass never runs a FixMod
     if cfg.data.crop_size % cfg.fixmod.pad_multiple:
