@@ -27,10 +27,11 @@ Readings where the paper is silent or ambiguous (each is a config key):
 
 * ``loss.randpad_generator`` (default true): the generator's adversarial input is RandPad-ed too.
   Eq. 4's generator line reads softplus(-G_1(y_stu)) with no randpad, while D is only ever trained on
-  randpad-ed inputs. Feeding G's term at the one fixed phase would let the student fit the 8x8
-  unshuffle phase that RandPad exists to hide (Sec. 4.1) and shows D inputs of a size (H, not H+8)
-  and border it never trained on; applying the same augmentation to fakes in both steps is also
-  what differentiable augmentation for GANs requires. Set false for the literal Eq. 4.
+  randpad-ed inputs. Feeding G's term at the one fixed phase would let the student fit the
+  pixel-unshuffle phase that RandPad exists to hide (Sec. 4.1) and shows D inputs of a size (H, not
+  H+8) and border it never trained on; applying the same augmentation to fakes in both steps is
+  also what differentiable augmentation for GANs requires. Set false for the literal Eq. 4. (The
+  period stays 8 for our x4 students: p mod 4 is uniform too, and H+8 keeps every size valid.)
 * ``loss.perceptual_kind``: the paper's L_P is DISTS (A.1). "dists" needs local ImageNet VGG16
   weights (``loss.vgg16`` / ``--vgg16 FILE``; the official DISTS alpha/beta ship with gendr_core).
   Without VGG16, "feature_matching": losses.feature_matching_loss between the frozen backbone's
@@ -40,6 +41,20 @@ Readings where the paper is silent or ambiguous (each is a config key):
   negative-prompt objective, and the pixel trainer's blurred-target re-fit would fight the
   detail this stage adds. The positive embedding trains with the UNet.
 * The real input of D is x_h (Alg. 1: d_h = G_theta(x_h)), not the teacher output.
+* Scale of the feature-matching term: on gendr-pix-s (x4, 192-px crops, depths 1-5) its value is
+  ~0.76 for the restored image vs HR (0.85 for unrelated images, 0.02 for HR + 1% noise) and its
+  gradient w.r.t. x_g is ~100x the L1 term's, so with lambda_2 = 1 it dominates the update;
+  ``loss.perceptual`` is the knob if fidelity drops too far.
+
+Recipe ``gendr_pix_s_detail.json`` (the shipped detail model): student and D backbone = the shipped
+gendr-pix-s (x4, 10.7M), Real-ESRGAN x4plus targets precomputed on 192-px HR crops, batch 4, x4.
+LR 1e-4 for G and D, constant after a 50-step linear warm-up: the paper's 1e-5 is for batch 512
+and 20M images; at batch 4 and a few thousand steps 1e-5 barely moves the model, while 1e-4 is
+the largest rate at which this model's earlier fine-tunes (pixel stages 5-8, batch 2-3) ran
+stably; EMA 0.999 smooths the small-batch noise. Adversarial terms from step 0 (Alg. 1 has no
+warm-up, the student starts converged, lambda_1 = 0.05 is small and the LR warm-up covers the
+first steps of the fresh heads). D reads every down block and the mid block (depths 1-5: 32, 64,
+128, 160, 160 channels at 1/8 ... 1/32 of the padded image) with 64-channel heads.
 
 Run:  python -m trainers.train_stage2 --config trainers/configs/gendr_pix_s_detail.json [--vgg16 FILE]
 Resume is automatic from the newest checkpoint in ``output_dir`` (``--no-resume`` to restart;
