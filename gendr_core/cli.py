@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     ins.set_defaults(func=cmd_inspect)
 
     for name, module, helptext in (("bench", "bench", "time and peak memory per output size (+ GenDR comparison)"),
-                                   ("convert", "formats", "convert SD2.1 / diffusers / VGG16 weights to .safetensors"),
+                                   ("convert", "formats", "convert SD2.1 / diffusers / VGG16 / ncnn Real-ESRGAN weights to .safetensors"),
                                    ("eval", "evaluate", "PSNR/SSIM/NIQE on a folder of HR images vs bicubic")):
         add, run = _optional_command(module, f"add_{name}_arguments", f"run_{name}_command")
         if add is None or run is None:

@@ -120,7 +120,18 @@ def random_crop(img: Tensor, size: int, gen: torch.Generator) -> Tensor:
 
 def random_dihedral(img: Tensor, gen: torch.Generator) -> Tensor:
     """Random horizontal flip, vertical flip and transposition (all 8 square symmetries)."""
+    return apply_dihedral(img, dihedral_flags(gen))
+
+
+def dihedral_flags(gen: torch.Generator) -> tuple[bool, bool, bool]:
+    """(hflip, vflip, transpose), each with probability 1/2: one of the 8 square symmetries."""
     hflip, vflip, transpose = (torch.rand(3, generator=gen) < 0.5).tolist()
+    return hflip, vflip, transpose
+
+
+def apply_dihedral(img: Tensor, flags: tuple[bool, bool, bool]) -> Tensor:
+    """Apply :func:`dihedral_flags` to a (..., H, W) image (the same flags on several images keep them aligned)."""
+    hflip, vflip, transpose = flags
     if hflip:
         img = img.flip(-1)
     if vflip:
@@ -287,3 +298,75 @@ __all__ = [
     "random_crop",
     "random_dihedral",
 ]
+
+
+# ----------------------------------------------------------------------------- teacher targets
+
+SHARD_GLOB = "shard_*.safetensors"
+
+
+class TeacherPairShards(Dataset):
+    """Precomputed (hr, lr, xr) triples from ``trainers/make_teacher_targets.py`` shards.
+
+    Each shard is a ``.safetensors`` file with uint8 tensors ``hr`` (N,3,H,W), ``lr`` (N,3,h,w)
+    and ``xr`` (N,3,H,W) = teacher(lr), and JSON metadata (``scale`` among it). Items are read
+    lazily, one at a time (memory stays flat however many shards there are). With ``augment``,
+    item ``index`` gets one random flip/transpose (from ``seed`` and ``index``) applied to hr, lr
+    and xr alike, so the three stay pixel-aligned. ``len`` is ``epoch_length`` when given (items
+    repeat with fresh augmentations), else the number of stored triples. Items are compatible
+    with :func:`collate_pairs` and carry the teacher output as ``xr`` (float in [0,1]).
+    """
+
+    def __init__(self, root: str | Path, seed: int = 0, augment: bool = True,
+                 epoch_length: int | None = None) -> None:
+        from safetensors import safe_open
+
+        self.root = Path(root).expanduser()
+        files = sorted(self.root.glob(SHARD_GLOB))
+        if not files:
+            raise FileNotFoundError(f"no teacher-target shards ({SHARD_GLOB}) in {self.root}; "
+                                    "make them with `python -m trainers.make_teacher_targets`")
+        self.files, self.offsets, self.scale = files, [], None
+        total = 0
+        for f in files:
+            try:
+                with safe_open(str(f), "pt") as sf:
+                    keys, meta = set(sf.keys()), sf.metadata() or {}
+                    shapes = {k: tuple(sf.get_slice(k).get_shape()) for k in ("hr", "lr", "xr") if k in keys}
+            except Exception as exc:
+                raise ImageInputError(f"cannot read teacher-target shard {f}: {exc}") from None
+            if set(shapes) != {"hr", "lr", "xr"} or shapes["hr"] != shapes["xr"] or shapes["hr"][0] != shapes["lr"][0]:
+                raise ImageInputError(f"teacher-target shard {f}: expected uint8 'hr', 'lr', 'xr' with matching "
+                                      f"shapes, found {shapes}")
+            scale = int(meta.get("scale", shapes["hr"][-1] // shapes["lr"][-1]))
+            if self.scale is None:
+                self.scale = scale
+            elif scale != self.scale:
+                raise ImageInputError(f"teacher-target shard {f} has scale {scale}, the others {self.scale}")
+            self.offsets.append(total)
+            total += shapes["hr"][0]
+        self.n, self.seed, self.augment, self.epoch_length = total, int(seed), augment, epoch_length
+
+    def __len__(self) -> int:
+        return self.epoch_length if self.epoch_length is not None else self.n
+
+    def locate(self, index: int) -> tuple[Path, int]:
+        """(shard file, row) of stored triple ``index % n``."""
+        i = index % self.n
+        k = int(np.searchsorted(self.offsets, i, side="right")) - 1
+        return self.files[k], i - self.offsets[k]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from safetensors import safe_open
+
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} items")
+        path, row = self.locate(index)
+        with safe_open(str(path), "pt") as sf:
+            hr, lr, xr = (sf.get_slice(k)[row : row + 1][0] for k in ("hr", "lr", "xr"))
+        if self.augment:
+            gen = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, index]).generate_state(1)[0]))
+            flags = dihedral_flags(gen)
+            hr, lr, xr = (apply_dihedral(t, flags) for t in (hr, lr, xr))
+        return {"hr": hr.float().div_(255), "lr": lr.float().div_(255), "xr": xr.float().div_(255),
+                "scale": self.scale, "params": "", "path": f"{path.name}#{row}", "index": index}

@@ -591,7 +591,8 @@ def convert_vgg16(src: str | os.PathLike, out: str | os.PathLike) -> Path:
 def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``gendr-pix convert SRC -o OUT [--kind ...] [--vgg16]``."""
     parser.add_argument("src", help="SD2.x single file (.safetensors/.ckpt), diffusers UNet file or folder, "
-                                    "or (with --vgg16) a torchvision VGG16 .pth")
+                                    "(with --vgg16) a torchvision VGG16 .pth, or an ncnn Real-ESRGAN .param "
+                                    "(RRDBNet family; its .bin beside it) -> a spandrel-loadable .safetensors")
     parser.add_argument("-o", "--output", default=None,
                         help="output .safetensors (default: <src>_<kind>.safetensors beside the source)")
     parser.add_argument("--kind", choices=KINDS, default="dfosd",
@@ -603,12 +604,22 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vae", default=None, help="diffusers VAE folder to use instead of the source's VAE")
     parser.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
                         help="stored dtype (default: the source's)")
+    parser.add_argument("--bin", default=None, help="ncnn .bin weights of a .param source (default: beside it)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
 
 def run_convert_command(args: argparse.Namespace) -> int:
     """Run ``gendr-pix convert``; returns the exit status."""
     src = Path(args.src).expanduser()
+    if src.suffix.lower() == ".param":
+        from .ncnn import convert_ncnn
+
+        out = Path(args.output) if args.output else src.with_suffix(".safetensors")
+        if out.exists() and not args.overwrite:
+            raise GenDRPixError(f"output exists: {out}; pass --overwrite to replace it")
+        convert_ncnn(src, out, args.bin)
+        logger.info("ncnn RRDBNet %s -> %s (spandrel-loadable; Real-ESRGAN weights are BSD-3-Clause)", src, out)
+        return 0
     if args.vgg16:
         out = Path(args.output) if args.output else src.with_suffix(".safetensors")
         if out.exists() and not args.overwrite:
