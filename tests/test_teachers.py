@@ -182,22 +182,22 @@ def test_spandrel_loads_converted_model_and_matches_the_ncnn_graph(tmp_path):
     _spandrel()
     from gendr_core.teachers import PREPAD, load_teacher
 
-    param, binf, _ = write_tiny_rrdb(tmp_path, blocks=1)
+    param, binf, _ = write_tiny_rrdb(tmp_path, blocks=1, gc=32)  # spandrel assumes 32 growth channels
     out = convert_ncnn(param, tmp_path / "tiny.safetensors")
     teacher = load_teacher(out)
     assert teacher.native_scale == 4 and "ESRGAN" in teacher.name
     layers = parse_param(param)
     read_bin(binf, layers)
-    x = torch.rand(1, 3, 12, 10, generator=torch.Generator().manual_seed(1))
+    x = torch.rand(1, 3, 14, 12, generator=torch.Generator().manual_seed(1))
     ref = run_ncnn_graph(layers, x)
     with torch.no_grad():
         assert torch.allclose(teacher.model(x), ref, atol=1e-5)
     # restore(): reflect pre-pad by PREPAD LQ pixels, run, crop, clamp
     xp = F.pad(x, (PREPAD,) * 4, mode="reflect")
-    want = run_ncnn_graph(layers, xp)[..., 4 * PREPAD : 4 * (PREPAD + 12), 4 * PREPAD : 4 * (PREPAD + 10)].clamp(0, 1)
-    got = teacher.restore(x, (48, 40))
-    assert got.shape == (1, 3, 48, 40) and torch.allclose(got, want, atol=1e-5)
-    assert teacher.restore(x, (24, 20)).shape == (1, 3, 24, 20)  # other scales: resized
+    want = run_ncnn_graph(layers, xp)[..., 4 * PREPAD : 4 * (PREPAD + 14), 4 * PREPAD : 4 * (PREPAD + 12)].clamp(0, 1)
+    got = teacher.restore(x, (56, 48))
+    assert got.shape == (1, 3, 56, 48) and torch.allclose(got, want, atol=1e-5)
+    assert teacher.restore(x, (28, 24)).shape == (1, 3, 28, 24)  # other scales: resized
     assert not any(p.requires_grad for p in teacher.parameters())
     teacher.train()
     assert not teacher.training and not teacher.model.training
