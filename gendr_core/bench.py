@@ -76,9 +76,9 @@ def gendr_pix_s_config() -> GenDRPixConfig:
     """Architecture of the shipped gendr-pix-s: the config in its asset file when present, else
     the recipe of trainers/configs/gendr_pix_s.json (x4 unshuffle, block_out (32,64,128,160),
     2 layers per block, attention only at the coarsest level)."""
-    from .checkpoint import BUILTIN_MODELS, DEFAULT_MODEL_NAME, read_header
+    from .checkpoint import BUILTIN_MODELS, FIDELITY_MODEL, read_header
 
-    asset = BUILTIN_MODELS[DEFAULT_MODEL_NAME]
+    asset = BUILTIN_MODELS[FIDELITY_MODEL]
     if asset.exists():
         _, config, _ = read_header(asset)
         if isinstance(config, GenDRPixConfig):

@@ -42,7 +42,7 @@ ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 SHIPPED_MODELS: tuple[str, ...] = ("gendr-pix-s",)
 DEFAULT_MODEL = SHIPPED_MODELS[0]
 BUILTIN_MODELS: dict[str, Path] = {name: ASSETS_DIR / f"{name}.safetensors" for name in SHIPPED_MODELS}
-DEFAULT_MODEL_NAME = DEFAULT_MODEL  # the older name of DEFAULT_MODEL
+FIDELITY_MODEL = "gendr-pix-s"  # the PSNR-oriented shipped model (and the Stage II D backbone)
 _OWN_KEYS = (KIND_KEY, CONFIG_KEY, VERSION_KEY, FIXMOD_CONFIG_KEY)
 
 

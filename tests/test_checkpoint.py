@@ -200,7 +200,8 @@ def test_describe_fixmod(tiny_pix):
 def test_shipped_models_are_one_tuple():
     from gendr_core import checkpoint
 
-    assert checkpoint.DEFAULT_MODEL == checkpoint.SHIPPED_MODELS[0] == checkpoint.DEFAULT_MODEL_NAME
+    assert checkpoint.DEFAULT_MODEL == checkpoint.SHIPPED_MODELS[0]
+    assert checkpoint.FIDELITY_MODEL in checkpoint.SHIPPED_MODELS
     assert list(checkpoint.BUILTIN_MODELS) == list(checkpoint.SHIPPED_MODELS)
     assert all(p == checkpoint.ASSETS_DIR / f"{n}.safetensors" for n, p in checkpoint.BUILTIN_MODELS.items())
     assert checkpoint.resolve_model_path(None) == checkpoint.BUILTIN_MODELS[checkpoint.DEFAULT_MODEL] or \

@@ -118,9 +118,13 @@ def test_recipe_configs_parse_and_resolve():
     with_vgg = s2.resolve_config(dataclasses.replace(detail, loss=dataclasses.replace(detail.loss, vgg16="v.pt")))
     assert with_vgg.loss.perceptual_kind == "dists"
 
+    # MFS ablation: two short runs that differ only in the MFS weight (and their output folders)
+    mfs = s2.load_config(CONFIGS / "gendr_pix_s_detail_ablation_mfs.json")
     nomfs = s2.load_config(CONFIGS / "gendr_pix_s_detail_nomfs.json")
-    assert nomfs.loss.mfs == 0.0 and nomfs.output_dir == "runs/gendr_pix_s_detail_nomfs" != detail.output_dir
-    assert dataclasses.replace(nomfs, loss=dataclasses.replace(nomfs.loss, mfs=0.1), output_dir=detail.output_dir) == detail
+    assert (mfs.optim.max_steps, mfs.optim.ema_decay, mfs.loss.mfs, nomfs.loss.mfs) == (300, 0.99, 0.1, 0.0)
+    assert len({mfs.output_dir, nomfs.output_dir, detail.output_dir}) == 3
+    assert dataclasses.replace(nomfs, loss=dataclasses.replace(nomfs.loss, mfs=0.1), output_dir=mfs.output_dir) == mfs
+    assert dataclasses.replace(mfs, optim=detail.optim, val_every=200, output_dir=detail.output_dir) == detail
 
 
 def test_config_errors_name_the_key(tmp_path, files):

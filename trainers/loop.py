@@ -172,12 +172,16 @@ def ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: floa
 
 
 def load_init_weights(model: torch.nn.Module, init_from: str, where: str = "init_from") -> Path:
-    """Load a model file's weights into ``model``; its config must equal ``model.config``."""
+    """Load a model file's restorer weights into ``model``; its config must equal ``model.config``.
+    A learned FixMod stored in the file (``fixmod.*``) is not part of the restorer and is skipped."""
+    from gendr_core.checkpoint import FIXMOD_PREFIX
+
     path = resolve_model_path(init_from)
     _, init_cfg, _ = read_header(path)
     if init_cfg != model.config:
         raise ConfigError(f"{where}={path}: its model config differs from the training config's 'model'")
-    model.load_state_dict(load_state_dict(path, {k: v.shape for k, v in model.state_dict().items()}))
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    model.load_state_dict(load_state_dict(path, expected, skip_prefixes=(FIXMOD_PREFIX,)))
     return path
 
 
