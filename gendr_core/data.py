@@ -327,22 +327,30 @@ class TeacherPairShards(Dataset):
             raise FileNotFoundError(f"no teacher-target shards ({SHARD_GLOB}) in {self.root}; "
                                     "make them with `python -m trainers.make_teacher_targets`")
         self.files, self.offsets, self.scale = files, [], None
-        total = 0
+        total, first = 0, None  # first: (file, item shapes, teacher sha256) of the first shard
         for f in files:
             try:
                 with safe_open(str(f), "pt") as sf:
                     keys, meta = set(sf.keys()), sf.metadata() or {}
                     shapes = {k: tuple(sf.get_slice(k).get_shape()) for k in ("hr", "lr", "xr") if k in keys}
+                    dtypes = {sf.get_slice(k).get_dtype() for k in shapes}
             except Exception as exc:
                 raise ImageInputError(f"cannot read teacher-target shard {f}: {exc}") from None
-            if set(shapes) != {"hr", "lr", "xr"} or shapes["hr"] != shapes["xr"] or shapes["hr"][0] != shapes["lr"][0]:
-                raise ImageInputError(f"teacher-target shard {f}: expected uint8 'hr', 'lr', 'xr' with matching "
-                                      f"shapes, found {shapes}")
+            if (set(shapes) != {"hr", "lr", "xr"} or dtypes != {"U8"} or shapes["hr"] != shapes["xr"]
+                    or shapes["hr"][0] != shapes["lr"][0] or len(shapes["hr"]) != 4 or len(shapes["lr"]) != 4):
+                raise ImageInputError(f"teacher-target shard {f}: expected uint8 'hr', 'lr', 'xr' (N,3,H,W) with "
+                                      f"matching shapes, found {shapes} ({', '.join(sorted(dtypes))})")
             scale = int(meta.get("scale", shapes["hr"][-1] // shapes["lr"][-1]))
             if self.scale is None:
                 self.scale = scale
             elif scale != self.scale:
                 raise ImageInputError(f"teacher-target shard {f} has scale {scale}, the others {self.scale}")
+            item = (shapes["hr"][1:], shapes["lr"][1:], meta.get("teacher_sha256"))
+            if first is None:
+                first = (f, item)
+            elif item != first[1]:
+                raise ImageInputError(f"teacher-target shard {f} does not match {first[0].name} (hr, lr item shapes, "
+                                      f"teacher sha256): {item} vs {first[1]}; keep one run per folder")
             self.offsets.append(total)
             total += shapes["hr"][0]
         self.n, self.seed, self.augment, self.epoch_length = total, int(seed), augment, epoch_length

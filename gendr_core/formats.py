@@ -592,7 +592,7 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``gendr-pix convert SRC -o OUT [--kind ...] [--vgg16]``."""
     parser.add_argument("src", help="SD2.x single file (.safetensors/.ckpt), diffusers UNet file or folder, "
                                     "(with --vgg16) a torchvision VGG16 .pth, or an ncnn Real-ESRGAN .param "
-                                    "(RRDBNet family; its .bin beside it) -> a spandrel-loadable .safetensors")
+                                    "(RRDBNet or SRVGGNetCompact; its .bin beside it) -> a spandrel-loadable .safetensors")
     parser.add_argument("-o", "--output", default=None,
                         help="output .safetensors (default: <src>_<kind>.safetensors beside the source)")
     parser.add_argument("--kind", choices=KINDS, default="dfosd",
@@ -618,7 +618,7 @@ def run_convert_command(args: argparse.Namespace) -> int:
         if out.exists() and not args.overwrite:
             raise GenDRPixError(f"output exists: {out}; pass --overwrite to replace it")
         convert_ncnn(src, out, args.bin)
-        logger.info("ncnn RRDBNet %s -> %s (spandrel-loadable; Real-ESRGAN weights are BSD-3-Clause)", src, out)
+        logger.info("ncnn Real-ESRGAN %s -> %s (spandrel-loadable; Real-ESRGAN weights are BSD-3-Clause)", src, out)
         return 0
     if args.vgg16:
         out = Path(args.output) if args.output else src.with_suffix(".safetensors")

@@ -15,7 +15,9 @@ from gendr_core.data import (
     HRFolderDataset,
     _decode_rgb_uint8,
     _reflect_index,
+    apply_dihedral,
     collate_pairs,
+    dihedral_flags,
     find_images,
     make_loader,
     random_crop,
@@ -145,3 +147,61 @@ def test_real_training_folder():
     batch = collate_pairs([ds[0], ds[1]])
     assert batch["hr"].shape == (2, 3, 192, 192) and batch["lr"].shape == (2, 3, 48, 48)
     assert batch["scale"] == 4 and json.loads(batch["params"][0])["lr_size"] == [48, 48]
+
+
+# ----------------------------------------------------------------------------- teacher-target shards
+
+
+def _write_shard(path: Path, n: int = 3, crop: int = 16, scale: int = 4, sha: str = "a" * 64,
+                 dtype: torch.dtype = torch.uint8) -> Path:
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(n + crop)
+    t = {k: torch.randint(0, 256, (n, 3, s, s), generator=g).to(dtype)
+         for k, s in (("hr", crop), ("lr", crop // scale), ("xr", crop))}
+    save_file(t, str(path), metadata={"scale": str(scale), "teacher_sha256": sha})
+    return path
+
+
+def test_teacher_pair_shards_reads_lazily_and_flips_jointly(tmp_path: Path):
+    from safetensors.torch import load_file
+
+    from gendr_core.data import TeacherPairShards
+
+    a = _write_shard(tmp_path / "shard_00000.safetensors", n=3)
+    b = _write_shard(tmp_path / "shard_00001.safetensors", n=2)
+    ds = TeacherPairShards(tmp_path, seed=5)
+    assert len(ds) == 5 and ds.scale == 4 and ds.locate(4) == (b, 1)
+    raw = load_file(str(b))
+    item = ds[4]
+    assert set(item) >= {"hr", "lr", "xr", "scale", "params", "path", "index"} and item["path"] == "shard_00001.safetensors#1"
+    gen = torch.Generator().manual_seed(int(np.random.SeedSequence([5, 4]).generate_state(1)[0]))
+    flags = dihedral_flags(gen)
+    for k in ("hr", "lr", "xr"):
+        assert torch.equal(item[k], apply_dihedral(raw[k][1], flags).float() / 255)
+    batch = collate_pairs([ds[0], ds[1]])
+    assert batch["hr"].shape == (2, 3, 16, 16) and batch["lr"].shape == (2, 3, 4, 4) and batch["scale"] == 4
+    assert a.exists()
+
+
+def test_teacher_pair_shards_errors_name_the_file(tmp_path: Path):
+    from gendr_core.data import TeacherPairShards
+
+    with pytest.raises(FileNotFoundError, match="no teacher-target shards"):
+        TeacherPairShards(tmp_path)
+    _write_shard(tmp_path / "shard_00000.safetensors")
+    _write_shard(tmp_path / "shard_00001.safetensors", crop=32)
+    with pytest.raises(ImageInputError, match=r"shard_00001\.safetensors does not match shard_00000"):
+        TeacherPairShards(tmp_path)
+    _write_shard(tmp_path / "shard_00001.safetensors", sha="b" * 64)
+    with pytest.raises(ImageInputError, match=r"shard_00001\.safetensors does not match.*teacher sha256"):
+        TeacherPairShards(tmp_path)
+    _write_shard(tmp_path / "shard_00001.safetensors", dtype=torch.float32)
+    with pytest.raises(ImageInputError, match=r"shard_00001\.safetensors: expected uint8.*F32"):
+        TeacherPairShards(tmp_path)
+    _write_shard(tmp_path / "shard_00001.safetensors", crop=32, scale=2)
+    with pytest.raises(ImageInputError, match=r"shard_00001\.safetensors has scale 2, the others 4"):
+        TeacherPairShards(tmp_path)
+    (tmp_path / "shard_00001.safetensors").write_bytes(b"broken")
+    with pytest.raises(ImageInputError, match=r"cannot read teacher-target shard .*shard_00001"):
+        TeacherPairShards(tmp_path)

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from gendr_core.data import HRFolderDataset
 from gendr_core.degradation import DegradationConfig
+from gendr_core.errors import ConfigError
 from gendr_core.fileio import atomic_write
 from gendr_core.teachers import load_teacher
 from trainers.loop import read_config_json
@@ -52,6 +53,36 @@ def _to_uint8(x: torch.Tensor) -> torch.Tensor:
     return x.clamp(0, 1).mul(255).round().to(torch.uint8)
 
 
+# Metadata that must agree between an existing shard and this run (the teacher file may be renamed).
+_RESUME_KEYS = ("teacher_sha256", "scale", "crop", "seed", "degradation", "train_dirs")
+
+
+def _shard_is_complete(path: Path, meta_common: dict[str, str], first: int, n: int) -> bool:
+    """True if ``path`` holds items [first, first+n) of this run; False if missing or made with a
+    different --count (recomputed: items depend only on seed and index); ConfigError if it was
+    made with other settings."""
+    if not path.exists():
+        return False
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:
+        raise ConfigError(f"cannot read existing shard {path} ({exc}); delete it to recompute it") from None
+    diff = [k for k in _RESUME_KEYS + ("first_index",) if meta.get(k) != (str(first) if k == "first_index"
+                                                                          else meta_common[k])]
+    if diff:
+        k = diff[0]
+        raise ConfigError(f"existing shard {path} was made with other settings ({k}: {str(meta.get(k))[:80]!r}, "
+                          f"now {str(str(first) if k == 'first_index' else meta_common[k])[:80]!r}); "
+                          "use another --out or delete the folder")
+    if meta.get("count") != str(n):
+        logger.info("%s holds %s pairs, this run wants %d: recomputing it", path.name, meta.get("count"), n)
+        return False
+    return True
+
+
 def make_targets(teacher_path: str, out: str | Path, train_dirs: list[str], count: int, crop: int = 192,
                  scale: int = 4, shard_size: int = 64, seed: int = 0, degradation: DegradationConfig | None = None,
                  batch: int = 8, threads: int = 0) -> list[Path]:
@@ -69,7 +100,12 @@ def make_targets(teacher_path: str, out: str | Path, train_dirs: list[str], coun
                    "degradation": ds.degradation.to_json(), "train_dirs": json.dumps(list(train_dirs))}
     n_shards = (count + shard_size - 1) // shard_size
     paths = [out / f"shard_{k:05d}.safetensors" for k in range(n_shards)]
-    todo = [k for k, p in enumerate(paths) if not p.exists()]
+    extra = sorted(p.name for p in out.glob("shard_*.safetensors") if p not in paths)
+    if extra:
+        raise ConfigError(f"{out} holds shards beyond --count {count} ({', '.join(extra[:3])}...); "
+                          "TeacherPairShards would read them too: delete them or pass a larger --count")
+    todo = [k for k, p in enumerate(paths)
+            if not _shard_is_complete(p, meta_common, k * shard_size, min(shard_size, count - k * shard_size))]
     logger.info("%d of %d shards to compute in %s (teacher %s)", len(todo), n_shards, out, teacher.name)
     t0, done_items = time.perf_counter(), 0
     bar = tqdm(total=sum(min(shard_size, count - k * shard_size) for k in todo), desc="teacher targets",
@@ -104,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="output folder of shards")
     ap.add_argument("--config", default=DEFAULT_CONFIG,
                     help="training config whose 'degradation' (and data.train_dirs) are used (default: %(default)s)")
+    ap.add_argument("--degradation", help="JSON file with a degradation config (or a training config with a "
+                    "'degradation' section) to use instead of --config's")
     ap.add_argument("--train-dirs", nargs="+", help="override the config's data.train_dirs")
     ap.add_argument("--count", type=int, default=1536, help="number of pairs (default: %(default)s)")
     ap.add_argument("--crop", type=int, default=192, help="HR crop size (default: %(default)s)")
@@ -116,7 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     data = read_config_json(Path(args.config))
     deg = data.get("degradation")
-    degradation = DegradationConfig.from_dict(deg, where=f"{args.config}: degradation") if deg else None
+    if args.degradation:
+        given = read_config_json(Path(args.degradation))
+        deg = given.get("degradation", given)
+    degradation = DegradationConfig.from_dict(deg, where=f"{args.degradation or args.config}: degradation") if deg else None
     train_dirs = args.train_dirs or data.get("data", {}).get("train_dirs") or ["../shared/data/train_hr"]
     make_targets(args.teacher, args.out, list(train_dirs), args.count, args.crop, args.scale, args.shard_size,
                  args.seed, degradation, args.batch, args.threads)
