@@ -24,6 +24,7 @@ contended -- hence :func:`make_loader` defaults to one worker.
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing as mp
 import sys
@@ -315,6 +316,8 @@ class TeacherPairShards(Dataset):
     and xr alike, so the three stay pixel-aligned. ``len`` is ``epoch_length`` when given (items
     repeat with fresh augmentations), else the number of stored triples. Items are compatible
     with :func:`collate_pairs` and carry the teacher output as ``xr`` (float in [0,1]).
+    With a ``manifest.json`` (written when a make_teacher_targets run finishes) only the shards
+    it lists are read, so a folder that a later run is still extending serves the finished set.
     """
 
     def __init__(self, root: str | Path, seed: int = 0, augment: bool = True,
@@ -326,6 +329,20 @@ class TeacherPairShards(Dataset):
         if not files:
             raise FileNotFoundError(f"no teacher-target shards ({SHARD_GLOB}) in {self.root}; "
                                     "make them with `python -m trainers.make_teacher_targets`")
+        manifest = self.root / "manifest.json"
+        if manifest.is_file():  # the shards of the last finished make_teacher_targets run
+            try:
+                listed = [self.root / name for name in json.loads(manifest.read_text())["shards"]]
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise ImageInputError(f"cannot read the shard list of {manifest}: {exc}") from None
+            missing = [p.name for p in listed if not p.is_file()]
+            if missing:
+                raise ImageInputError(f"{manifest} lists shards that are missing: {', '.join(missing[:3])}")
+            unlisted = sorted(set(files) - set(listed))
+            if unlisted:
+                logger.warning("%s: %d shard(s) not in manifest.json (a make_teacher_targets run still going or "
+                               "stopped early?) are not used: %s ...", self.root, len(unlisted), unlisted[0].name)
+            files = listed
         self.files, self.offsets, self.scale = files, [], None
         total, first = 0, None  # first: (file, item shapes, teacher sha256) of the first shard
         for f in files:

@@ -205,3 +205,20 @@ def test_teacher_pair_shards_errors_name_the_file(tmp_path: Path):
     (tmp_path / "shard_00001.safetensors").write_bytes(b"broken")
     with pytest.raises(ImageInputError, match=r"cannot read teacher-target shard .*shard_00001"):
         TeacherPairShards(tmp_path)
+
+
+def test_teacher_pair_shards_follow_the_manifest(tmp_path: Path, caplog):
+    from gendr_core.data import TeacherPairShards
+
+    for k in range(3):
+        _write_shard(tmp_path / f"shard_{k:05d}.safetensors", n=2)
+    (tmp_path / "manifest.json").write_text(json.dumps({"shards": ["shard_00000.safetensors",
+                                                                   "shard_00001.safetensors"]}))
+    with caplog.at_level("WARNING", logger="gendr_core.data"):
+        ds = TeacherPairShards(tmp_path)
+    assert len(ds) == 4 and [f.name for f in ds.files] == ["shard_00000.safetensors", "shard_00001.safetensors"]
+    assert "1 shard(s) not in manifest.json" in caplog.text
+    (tmp_path / "manifest.json").write_text(json.dumps({"shards": ["shard_00000.safetensors",
+                                                                   "shard_00007.safetensors"]}))
+    with pytest.raises(ImageInputError, match=r"manifest\.json lists shards that are missing: shard_00007"):
+        TeacherPairShards(tmp_path)
