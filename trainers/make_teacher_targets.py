@@ -1,16 +1,16 @@
 """Precompute teacher targets x_r = teacher(LQ) once, into resumable shards (GenDR-Pix Alg. 1, Stage II).
 
-Teachers are slow on a CPU (Real-ESRGAN x4plus: ~1 s per 192-px crop on 2 cores, see
-trainers/README.md "Teachers"), while a training step of the small student takes about as
-long. Training reuses each pair over several epochs, so the teacher is run once per pair here
-instead of once per step online.
+Teachers are slow on a CPU (Real-ESRGAN x4plus: 1.1-1.3 s per 48² -> 192² crop on 2 cores,
+so ~4.9 s per batch of 4, see trainers/README.md "Teachers"), while a Stage II step of the small
+student takes ~1 s. Training reuses each pair over several epochs, so the teacher is run once
+per pair here instead of once per step online.
 
 Pairs (hr, lr) come from :class:`gendr_core.data.HRFolderDataset` (random crops + the training
 degradation of ``--config``) at one ``--scale``; the teacher restores lr to the hr size. Shard
 ``k`` holds items ``[k*S, (k+1)*S)`` as uint8 ``hr``, ``lr``, ``xr``, with the teacher name and
 sha256, scale, crop, seed, first index and the degradation config in its metadata. Shards are
 written atomically and a complete shard is never recomputed, so a killed run continues where
-it stopped. Read them with :class:`gendr_core.data.TeacherPairShards`.
+it stopped; shards made with other settings are refused, not mixed in. Read them with :class:`gendr_core.data.TeacherPairShards`.
 
 Run:  python -m trainers.make_teacher_targets --teacher runs/teachers/realesrgan-x4plus.safetensors \\
           --out runs/targets/x4plus_x4_c192 --count 1536
