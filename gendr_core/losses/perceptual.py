@@ -1,255 +1,24 @@
-"""Training losses of GenDR-Pix: L1, masked Fourier-space (MFS) loss, softplus adversarial losses,
-DISTS and EA-DISTS perceptual losses.
-
-Images are float tensors (B,3,H,W) in [0,1].  Stage II generator objective (GenDR-Pix Eq. 4 /
-Algorithm 1)::
-
-    L_psi = l1_loss(x_g, x_r) + 0.05 * generator_adv_loss(D(x_g)) + 1.0 * DISTS(x_g, x_r)
-            + 0.1 * masked_fourier_loss(x_g, x_r)
-
-RandPad (GenDR-Pix Eq. 3) lives in ``gendr_core.ops.padding`` and is applied to the discriminator
-inputs by the trainer; none of the losses here need it.  Without VGG16 weights the Stage II trainer
-uses :func:`feature_matching_loss` on the frozen discriminator backbone's features as L_P.
-"""
+"""Perceptual losses: feature matching on a frozen network's features (with ``channel_normalise``),
+DISTS (Ding et al. 2020) and EA-DISTS (DFOSD Eq. 5-7, with ``sobel_magnitude``)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import CheckpointFormatError, ConfigError, ImageInputError, MissingDependencyError
-from .metrics import rgb_to_y
-from .vgg import DISTS_CHANNELS, VGG16Features, load_vgg16_state_dict, read_tensor_file, vgg_weights_hint
+from ..errors import CheckpointFormatError, ConfigError, ImageInputError, MissingDependencyError
+from ..vgg import DISTS_CHANNELS, VGG16Features, load_vgg16_state_dict, read_tensor_file, vgg_weights_hint
+from ._common import Reduction, _check_pair
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "l1_loss",
-    "neg_psnr_loss",
-    "neg_psnr_y_loss",
-    "artifact_mask",
-    "masked_fourier_loss",
-    "generator_adv_loss",
-    "discriminator_adv_loss",
-    "channel_normalise",
-    "feature_matching_loss",
-    "dists_similarity",
-    "load_dists_alpha_beta",
-    "DISTS_ALPHA_BETA_PATH",
-    "sobel_magnitude",
-    "DISTS",
-    "EADISTS",
-]
-
-Reduction = Literal["mean", "sum", "none"]
-
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _check_pair(pred: Tensor, target: Tensor, name: str) -> None:
-    if pred.shape != target.shape:
-        raise ImageInputError(
-            f"{name}: pred and target must have the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}"
-        )
-    if pred.dim() != 4:
-        raise ImageInputError(f"{name}: expected (B,C,H,W) tensors, got shape {tuple(pred.shape)}")
-
-
-def l1_loss(pred: Tensor, target: Tensor) -> Tensor:
-    """Mean absolute error ``mean |pred - target|`` over all elements (the ``||.||_1`` terms of
-    GenDR-Pix Eq. 1 and Eq. 4, read as a mean, as is usual for image losses)."""
-    if pred.shape != target.shape:
-        raise ImageInputError(f"l1_loss: shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}")
-    return (pred - target).abs().mean()
-
-
-def neg_psnr_loss(pred: Tensor, target: Tensor, eps: float = 1e-10) -> Tensor:
-    """Mean over the batch of ``10 * log10(MSE_i + eps)`` = minus the per-sample PSNR (peak 1), dB.
-
-    Not in the papers: a PSNR-oriented objective. Minimising the per-sample MSE averaged over a
-    batch lets the hardest samples (strong blur, heavy noise: large errors) dominate the gradient;
-    ``d log(MSE_i) = d MSE_i / MSE_i`` weights every sample equally in dB instead, the way an SR
-    benchmark's mean PSNR does. Values are negative (e.g. -30 for a 30 dB restoration).
-    Unlike ``metrics.psnr`` (float64, ``inf`` for identical images, a report) this keeps the input
-    dtype and the graph, and ``eps`` caps it at -100 dB so a perfect sample cannot give -inf.
-    """
-    _check_pair(pred, target, "neg_psnr_loss")
-    mse = (pred - target).pow(2).flatten(1).mean(1)
-    return (10.0 * torch.log10(mse + eps)).mean()
-
-
-def neg_psnr_y_loss(pred: Tensor, target: Tensor, eps: float = 1e-10) -> Tensor:
-    """:func:`neg_psnr_loss` on the BT.601 luma (``metrics.rgb_to_y``): minus the per-sample PSNR-Y, dB.
-
-    Not in the papers: the training-side twin of the benchmark metric ``metrics.psnr_y`` (without its
-    border crop and 8-bit rounding). Luma on the [0,1] scale with peak 1 gives the same dB as
-    MATLAB's [0,255] luma with peak 255, and the 16/255 offset cancels in the difference, so
-    ``-neg_psnr_y_loss`` equals ``metrics.psnr_y(pred, target)`` up to ``eps``. Errors along the
-    chroma axes cost nothing here, so pair it with a small RGB term (``neg_psnr_loss``) in training.
-    pred, target: (B,3,H,W) RGB.
-    """
-    _check_pair(pred, target, "neg_psnr_y_loss")
-    if pred.shape[1] != 3:
-        raise ImageInputError(f"neg_psnr_y_loss: expected RGB (B,3,H,W), got shape {tuple(pred.shape)}")
-    return neg_psnr_loss(rgb_to_y(pred), rgb_to_y(target), eps)
-
-
-# --------------------------------------------------------------------------------------------------
-# Masked Fourier-space loss (GenDR-Pix Eq. 2)
-# --------------------------------------------------------------------------------------------------
-
-
-def _band_indices(n: int, period: int, half_width: int) -> list[int]:
-    """Indices covered by the bands ``c-s .. c+s-1`` (mod n) for centres ``c = floor(k*n/period)``."""
-    idx: set[int] = set()
-    for k in range(period + 1):
-        c = (k * n) // period
-        for off in range(-half_width, half_width):
-            idx.add((c + off) % n)
-    return sorted(idx)
-
-
-def artifact_mask(
-    h: int,
-    w: int,
-    period: int = 8,
-    half_width: int = 1,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> Tensor:
-    """Band mask M of the masked Fourier-space loss, GenDR-Pix Eq. 2.  Returns (h, w).
-
-    Paper: "M is initialised from zero and satisfies M[:, i-s : i+s] = 1 and M[j-s : j+s, :] = 1
-    where i in {0, floor(h/8), ..., h} and j in {0, floor(w/8), ..., w}, 2s is band width".
-
-    Our reading (the paper pairs the column slice with h and the row slice with w, which only
-    agrees for square images):
-
-    * The mask lives on the *unshifted* ``torch.fft.fft2`` grid (DC at [0, 0]).  A pattern that
-      repeats every ``period`` pixels (the x8 pixel-shuffle artifact) has energy only at row
-      frequencies ``k*h/period`` and column frequencies ``l*w/period``.
-    * Column bands are centred at ``c = floor(k*w/period)``, ``k = 0..period`` (the multiples of
-      ``w/period``, equal to ``k*floor(w/8)`` whenever ``w`` is divisible by 8, which every x8
-      pixel-shuffle output is); row bands likewise at ``floor(k*h/period)``.
-    * A band is the Python slice ``c-s : c+s``, i.e. indices ``c-s .. c+s-1`` (2s bins), taken
-      modulo the axis length because the frequency axis is periodic (index -1 == w-1, index w == 0).
-      For s=1 the band is {c-1, c}.  This looks one-sided, but the amplitude spectrum of a real image
-      is point-symmetric (|F[k]| = |F[-k]|) and the mask contains the mirrored band {-c-1, -c} as
-      well, so in effect the amplitudes at c-1, c and c+1 are all penalised.
-    * ``half_width = 0`` gives an empty mask.
-    """
-    if h <= 0 or w <= 0:
-        raise ConfigError(f"artifact_mask: h and w must be positive, got h={h}, w={w}")
-    if period <= 0:
-        raise ConfigError(f"artifact_mask: period must be a positive integer, got {period}")
-    if half_width < 0:
-        raise ConfigError(f"artifact_mask: half_width (s) must be >= 0, got {half_width}")
-    mask = torch.zeros(h, w, dtype=dtype, device=device)  # (h, w)
-    if half_width == 0:
-        return mask
-    cols = torch.tensor(_band_indices(w, period, half_width), device=device, dtype=torch.long)
-    rows = torch.tensor(_band_indices(h, period, half_width), device=device, dtype=torch.long)
-    mask[:, cols] = 1
-    mask[rows, :] = 1
-    return mask
-
-
-def masked_fourier_loss(
-    pred: Tensor,
-    target: Tensor,
-    period: int = 8,
-    half_width: int = 1,
-    reduction: Reduction = "mean",
-    norm: Literal["backward", "ortho", "forward"] = "backward",
-) -> Tensor:
-    """Masked Fourier-space (MFS) loss, GenDR-Pix Eq. 2:
-    ``L_F = || M * (|F{y_stu}| - |F{y_tea}|) ||_1``.
-
-    ``pred`` = y_stu (student output), ``target`` = y_tea (teacher / reference), both (B,C,H,W).
-    Equivalent to ``F.l1_loss(M * |fft2(pred)|, M * |fft2(target)|)`` with PyTorch defaults.
-
-    Decisions (the paper states none of them):
-
-    * FFT: ``torch.fft.fft2`` over the last two dims, unshifted (see :func:`artifact_mask`),
-      computed in float32 (bf16/fp16 inputs are upcast), ``norm="backward"`` (unnormalised, the
-      PyTorch default and the most likely setting of the authors' unreleased code, for which
-      lambda_3 = 0.1 of Algorithm 1 was tuned).
-    * ``reduction="mean"``: mean over *all* B*C*H*W elements, masked-out bins included (the
-      ``F.l1_loss`` convention).  With ``"backward"`` the two 1/(H*W) and H*W factors cancel: the
-      loss equals the sum over masked bins of the amplitude error of the mean-normalised spectrum
-      (``fft2(x)/(H*W)``), averaged over B*C.  Hence (i) an 8-periodic artifact of fixed per-pixel
-      strength gives the same loss at any resolution (its spectrum is the 8x8 tile's DFT / 64
-      placed on the masked grid), and (ii) a constant offset ``c`` between the images gives exactly
-      ``L_F = |c|`` (only the DC bin differs, by ``|c| * H * W``), i.e. the same value as the pixel
-      L1 loss.  ``norm="ortho"`` would make the loss 1/sqrt(H*W) times smaller (resolution
-      dependent); the ortho / mean-over-masked-bins alternative is resolution independent too but
-      about 32*s times smaller for square crops, which would silently weaken lambda_3.
-      ``"sum"`` sums over all elements; ``"none"`` returns per-image (B,) means over C*H*W.
-    * The mask contains the zero-frequency row and column bands (``i = 0``), so axis-aligned
-      low-frequency differences (global brightness, pure horizontal/vertical gradients) are
-      penalised as well, not only the pixel-shuffle grid; oblique low/mid-frequency content is not.
-    * Gradient of ``|z|`` at ``z = 0`` is taken as 0 (PyTorch's convention).
-    """
-    _check_pair(pred, target, "masked_fourier_loss")
-    if reduction not in ("mean", "sum", "none"):
-        raise ConfigError(f"masked_fourier_loss: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-    if norm not in ("backward", "ortho", "forward"):
-        raise ConfigError(f"masked_fourier_loss: norm must be 'backward', 'ortho' or 'forward', got {norm!r}")
-    h, w = pred.shape[-2:]
-    mask = artifact_mask(h, w, period, half_width, device=pred.device, dtype=torch.float32)  # (H,W)
-    amp_p = torch.fft.fft2(pred.float(), norm=norm).abs()  # (B,C,H,W)
-    amp_t = torch.fft.fft2(target.float(), norm=norm).abs()  # (B,C,H,W)
-    diff = (mask * (amp_p - amp_t)).abs()  # (B,C,H,W)
-    if reduction == "sum":
-        return diff.sum()
-    if reduction == "none":
-        return diff.mean(dim=(1, 2, 3))  # (B,)
-    return diff.mean()
-
-
-# --------------------------------------------------------------------------------------------------
-# Adversarial losses (GenDR-Pix Eq. 1 / Eq. 4, Algorithm 1)
-# --------------------------------------------------------------------------------------------------
-
-
-Logits = Tensor | Sequence[Tensor]
-
-
-def _mean_over_maps(logits: Logits, fn, name: str) -> Tensor:
-    """``fn`` applied elementwise, averaged per logit map, then over the maps (one map per
-    discriminator head/depth, maps of different sizes weigh the same)."""
-    if isinstance(logits, Tensor):
-        return fn(logits).mean()
-    maps = list(logits)
-    if not maps:
-        raise ImageInputError(f"{name}: got an empty list of logit maps")
-    return sum(fn(m).mean() for m in maps) / len(maps)
-
-
-def generator_adv_loss(fake_logits: Logits) -> Tensor:
-    """Non-saturating generator loss ``mean softplus(-D(fake))`` (GenDR-Pix Eq. 4, the
-    ``lambda_1 * sp[-h(x_g)]`` term of Algorithm 1; the discriminator must not be updated by it).
-
-    ``fake_logits``: one logit tensor, or a list of logit maps (one per discriminator head); a list
-    gives the mean over heads of each head's mean."""
-    return _mean_over_maps(fake_logits, lambda t: F.softplus(-t), "generator_adv_loss")
-
-
-def discriminator_adv_loss(real_logits: Logits, fake_logits: Logits) -> Tensor:
-    """Discriminator loss ``mean softplus(-D(real)) + mean softplus(D(fake))`` (GenDR-Pix Eq. 1/4,
-    Algorithm 1 ``L_phi``).  ``fake_logits`` must come from detached generator outputs.  The two
-    means are taken separately, so real and fake batches may differ in size/shape.  Lists of logit
-    maps (one per head) are averaged over heads as in :func:`generator_adv_loss`."""
-    return (_mean_over_maps(real_logits, lambda t: F.softplus(-t), "discriminator_adv_loss")
-            + _mean_over_maps(fake_logits, F.softplus, "discriminator_adv_loss"))
-
 
 # --------------------------------------------------------------------------------------------------
 # Feature matching on a frozen generator's features (perceptual term without VGG16)
@@ -318,7 +87,7 @@ def dists_similarity(fx: Tensor, fy: Tensor, c1: float = 1e-6, c2: float = 1e-6)
 
 
 #: The official DISTS alpha/beta (DISTS_pytorch==0.1 ``weights.pt``, MIT; see assets/NOTICE_DISTS.md).
-DISTS_ALPHA_BETA_PATH = Path(__file__).resolve().parent / "assets" / "dists_alpha_beta.safetensors"
+DISTS_ALPHA_BETA_PATH = Path(__file__).resolve().parent.parent / "assets" / "dists_alpha_beta.safetensors"
 
 
 def load_dists_alpha_beta(path: str | Path | None = None) -> tuple[Tensor, Tensor]:
