@@ -26,3 +26,7 @@ class ImageInputError(GenDRPixError, ValueError):
 
 class MissingDependencyError(GenDRPixError, ImportError):
     """An optional package needed for this feature is not installed."""
+
+
+class MemoryBudgetError(GenDRPixError, MemoryError):
+    """A job would need more memory than the machine has free; refused before it starts."""

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from .budget import available_memory, estimate_job, padded_side, refuse_if_too_big
 from .errors import ConfigError, ImageInputError
 from .imageio import pil_to_tensor, tensor_to_pil
 from .models.restorer import OneStepRestorer
@@ -25,6 +26,7 @@ from .ops.guidance import ENSEMBLE_SIZES, dihedral_ensemble, pad_cfg, rand_pad_e
 from .ops.padding import Pad, check_image_tensor
 from .ops.resize import output_size, resize
 from .ops.tiling import tile_count, tiled_apply
+from .validation import check_choice, check_float, check_int, check_pad, check_tile
 
 logger = logging.getLogger(__name__)
 
@@ -43,38 +45,28 @@ class TilePlan:
     budget_bytes: int
 
 
-def available_memory(device: torch.device) -> int:
-    """Bytes we may use for activations: free CUDA memory, or 70 % of MemAvailable on CPU."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free * 0.9)
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(int(line.split()[1]) * 1024 * 0.7)
-    except OSError:
-        pass
-    return 8 << 30
-
-
 def plan_tiles(
-    model: OneStepRestorer, h: int, w: int, batch: int, passes: int, overlap: int, budget: int | None = None
+    model: OneStepRestorer, h: int, w: int, batch: int, passes: int, overlap: int, budget: int | None = None,
+    pad: tuple[int, int] = (8, 8),
 ) -> TilePlan:
-    """Whole image if the estimate fits ``budget``, else the largest aligned tile that does."""
+    """Whole image if the estimate fits ``budget``, else the largest aligned tile that does.
+
+    ``pad``: the widest branch pad per axis (top+bottom, left+right), added before rounding up to
+    the pad multiple. A planned tile is always larger than ``overlap``.
+    """
     m = model.pad_multiple
     budget = available_memory(model.device) if budget is None else budget
 
     def need(th: int, tw: int) -> int:
-        ph, pw = -(-(th + 8) // m) * m, -(-(tw + 8) // m) * m
-        return model.estimate_bytes(ph, pw, batch * passes)
+        return model.estimate_bytes(padded_side(th, pad[0], m), padded_side(tw, pad[1], m), batch * passes)
 
     full = need(h, w)
     if full <= budget:
         return TilePlan(0, overlap, full, budget)
-    tile = max(MIN_TILE, -(-max(h, w) // m) * m)
-    while tile > MIN_TILE and need(tile, tile) > budget:
-        tile = max(MIN_TILE, (tile // 2) // m * m or m)
+    smallest = max(MIN_TILE, (-(-overlap // m) + 1) * m)  # the aligned overlap plus one cell
+    tile = max(smallest, -(-max(h, w) // m) * m)
+    while tile > smallest and need(tile, tile) > budget:
+        tile = max(smallest, (tile // 2) // m * m or m)
     return TilePlan(tile, overlap, need(tile, tile), budget)
 
 
@@ -83,6 +75,41 @@ def _is_oom(exc: BaseException) -> bool:
         return True
     msg = str(exc).lower()
     return isinstance(exc, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
+
+
+SEED_MAX = 2**64 - 1
+GUIDANCE_RANGE = (0.0, 10.0)
+RANDPAD_MAX = 64
+
+
+def check_options(model: OneStepRestorer, *, guidance: float = 1.0, pos_pad=None, neg_pad=None,
+                  branch_mode: str = "batched", randpad: int = 0, ensemble: int = 1, seed: int = 0,
+                  tile: int | str = "auto", overlap: int = 64) -> dict:
+    """Validated restore options (:func:`restore_grid`'s), each error naming its option.
+
+    Also returns ``passes`` (images per forward pass) and ``pad`` (the widest branch pad per
+    axis, top+bottom and left+right) for the memory estimate."""
+    guidance = check_float("guidance", guidance, *GUIDANCE_RANGE)
+    check_choice("branch_mode", branch_mode, ("batched", "sequential"))
+    randpad = check_int("randpad", randpad, 0, RANDPAD_MAX)
+    ensemble = check_int("ensemble", ensemble)
+    check_choice("ensemble", ensemble, ENSEMBLE_SIZES)
+    seed = check_int("seed", seed, 0, SEED_MAX)
+    overlap = check_int("overlap", overlap, 0)
+    tile = check_tile("tile", tile, model.pad_multiple, overlap)
+    if randpad and guidance != 1.0:
+        raise ConfigError(f"randpad={randpad} (Eq. 6 self-ensemble) needs guidance=1.0, got {guidance}")
+    cfg = model.config
+    pads = [check_pad(name, cfg_pad if given is None else given, model.max_pad)
+            for name, given, cfg_pad in (("pos_pad", pos_pad, cfg.pos_pad), ("neg_pad", neg_pad, cfg.neg_pad))]
+    if randpad:
+        widest = (8, 8)  # rand_pad_ensemble: (p, 8-p, q, 8-q)
+    else:
+        used = pads if guidance != 1.0 else pads[:1]
+        widest = (max(p[2] + p[3] for p in used), max(p[0] + p[1] for p in used))
+    passes = 2 if guidance != 1.0 and branch_mode == "batched" and not randpad else 1
+    return {"guidance": guidance, "randpad": randpad, "ensemble": ensemble, "seed": seed, "tile": tile,
+            "overlap": overlap, "pos_pad": pads[0], "neg_pad": pads[1], "passes": passes, "pad": widest}
 
 
 def restore_grid(
@@ -101,6 +128,7 @@ def restore_grid(
     tile: int | str = "auto",
     overlap: int = 64,
     progress: Progress | None = None,
+    tile_budget: int | None = None,
 ) -> Tensor:
     """Restore ``x`` (B,3,H,W) in [0,1], already on the output grid; returns (B,3,H,W).
 
@@ -111,14 +139,12 @@ def restore_grid(
     ``ensemble`` (1, 2, 4 or 8): average over that many flips/transposes of each tile
     (:func:`~gendr_core.ops.guidance.dihedral_ensemble`); n times the compute, same memory.
     """
-    if branch_mode not in ("batched", "sequential"):
-        raise ValueError(f"branch_mode={branch_mode!r} must be 'batched' or 'sequential'")
-    if randpad and guidance != 1.0:
-        raise ValueError(f"randpad={randpad} (Eq. 6 self-ensemble) needs guidance=1.0, got {guidance}")
-    cfg = model.config
+    opts = check_options(model, guidance=guidance, pos_pad=pos_pad, neg_pad=neg_pad, branch_mode=branch_mode,
+                         randpad=randpad, ensemble=ensemble, seed=seed, tile=tile, overlap=overlap)
+    guidance, randpad, ensemble, seed, tile, overlap = (opts[k] for k in ("guidance", "randpad", "ensemble", "seed",
+                                                                           "tile", "overlap"))
     cond_pos, cond_neg = model.resolve_embeddings(positive, negative)
-    pos_pad = Pad(*(pos_pad or cfg.pos_pad))
-    neg_pad = Pad(*(neg_pad or cfg.neg_pad))
+    pos_pad, neg_pad = Pad(*opts["pos_pad"]), Pad(*opts["neg_pad"])
     m = model.pad_multiple
     x = x.to(model.device)
     gen = torch.Generator("cpu").manual_seed(seed)
@@ -130,9 +156,6 @@ def restore_grid(
 
     def tile_done(done: int, total: int) -> None:
         tiles["done"] = done
-
-    if ensemble not in ENSEMBLE_SIZES:
-        raise ValueError(f"ensemble={ensemble} must be one of {ENSEMBLE_SIZES}")
 
     def once(t: Tensor, report: Progress | None) -> Tensor:
         if randpad:
@@ -149,16 +172,14 @@ def restore_grid(
 
     b, _, h, w = x.shape
     if tile == "auto":
-        plan = plan_tiles(model, h, w, b, 2 if guidance != 1.0 and branch_mode == "batched" else 1, overlap)
+        plan = plan_tiles(model, h, w, b, opts["passes"], overlap, budget=tile_budget, pad=opts["pad"])
         size = plan.tile
         logger.info("memory estimate %.2f GB of %.2f GB budget -> %s", plan.estimated_bytes / 1e9,
                     plan.budget_bytes / 1e9, f"tile {size}" if size else "whole image")
-    elif tile in ("off", 0, None):
+    elif tile == "off":
         size = 0
     else:
-        size = int(tile)
-        if size < m:
-            raise ValueError(f"tile={size} must be 0 (off), 'auto', or >= the model's pad multiple {m}")
+        size = tile
     while True:
         try:
             tiles["done"] = 0
@@ -168,11 +189,11 @@ def restore_grid(
             tiles["total"] = tile_count(h, w, size, overlap, m)
             return tiled_apply(run, x, size, overlap, align=m, progress=tile_done)
         except Exception as exc:  # noqa: BLE001 - only OOM is handled, everything else re-raised
-            if not _is_oom(exc) or tile == "off" or tile == 0:
+            if not _is_oom(exc) or tile == "off":
                 raise
             current = size or max(h, w)
             new = (current // 2) // m * m
-            if new < MIN_TILE:
+            if new < MIN_TILE or new <= -(-overlap // m) * m:
                 raise
             logger.warning("out of memory at tile %s; retrying with tile %d", size or "full", new)
             if x.device.type == "cuda":
@@ -205,10 +226,11 @@ def upscale(
         from .checkpoint import load_model
 
         model = load_model(model)
-    guidance = model.config.default_guidance if guidance is None else float(guidance)
+    guidance = model.config.default_guidance if guidance is None else guidance
     if isinstance(image, Image.Image):
         x, alpha, info = pil_to_tensor(image)
-        y = _upscale_tensor(x, model, scale, guidance, (fixmod, color_fix), progress, kwargs)
+        per_px = 3 * 4 + 2 * (1 if info.grayscale else 3) * (2 if info.sixteen_bit else 1)  # float HWC + array + PIL
+        y = _upscale_tensor(x, model, scale, guidance, (fixmod, color_fix), progress, kwargs, per_px)
         if alpha is not None:
             alpha = resize(alpha, tuple(y.shape[-2:]), "bicubic")
         return tensor_to_pil(y, alpha, info)
@@ -219,18 +241,52 @@ def upscale(
     raise ImageInputError(f"image must be a PIL.Image or a torch.Tensor, got {type(image).__name__}")
 
 
-def _upscale_tensor(x, model, scale, guidance, fix, progress, kwargs) -> Tensor:
+def _upscale_tensor(x, model, scale, guidance, fix, progress, kwargs, save_bytes_per_px: int = 0) -> Tensor:
     mode, strength = resolve_post_fix(model, *fix)  # bad choices fail before the long run
     check_image_tensor(x)
     if x.shape[1] != 3:
         raise ImageInputError(f"image tensor must have 3 channels (B,3,H,W), got shape {tuple(x.shape)}")
+    scale = check_float("scale", scale, 0.0, None, low_open=True)
+    save_bytes_per_px += 3 * 4 * check_int("output_copies", kwargs.pop("output_copies", 0), 0, 8)
+    opts = check_options(model, guidance=guidance, **{k: v for k, v in kwargs.items()
+                                                      if k not in ("positive", "negative", "tile_budget")})
+    tile_budget = check_job_memory(model, tuple(x.shape[-2:]), x.shape[0], scale, opts, mode, save_bytes_per_px)
     out_device = x.device
     x = x.float().clamp(0, 1)
     size = output_size(x.shape[-2], x.shape[-1], scale)
     grid = resize(x.to(model.device), size, "bicubic")  # (B,3,h,w) -> (B,3,H,W)
+    kwargs.setdefault("tile_budget", tile_budget)
     y = restore_grid(grid, model, guidance=guidance, progress=progress, **kwargs).float()
     y = post_fix(y, grid, model, mode, strength)
-    return y.clamp(0, 1).to(out_device)
+    del grid
+    return y.clamp_(0, 1).to(out_device)
+
+
+def check_job_memory(model: OneStepRestorer, in_hw: tuple[int, int], batch: int, scale: float, opts: dict,
+                     post: str = "off", save_bytes_per_px: int = 0) -> int | None:
+    """Refuse (MemoryBudgetError) a job whose peak cannot fit; returns the activation budget
+    left for auto tiling (None when tiling is not automatic).
+
+    The whole job is estimated (:mod:`gendr_core.budget`) with the smallest tile auto tiling
+    could use, or the given tile, or the whole image for tile 'off'."""
+    tile = opts["tile"]
+    device_budget = available_memory(model.device)
+    host_budget = device_budget if model.device.type == "cpu" else available_memory(torch.device("cpu"))
+    smallest = max(MIN_TILE, (-(-opts["overlap"] // model.pad_multiple) + 1) * model.pad_multiple)
+
+    def estimate(s: float):
+        t = {"auto": smallest, "off": 0}.get(tile, tile)  # type: ignore[arg-type]
+        return estimate_job(model, in_hw, batch, s, passes=opts["passes"], pad=opts["pad"], tile=t,
+                            post_fix=post, save_bytes_per_px=save_bytes_per_px)
+
+    est = estimate(scale)
+    if not est.fits(device_budget, host_budget):
+        lo, hi = 0.0, scale  # the largest scale that fits, for the message
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if estimate(mid).fits(device_budget, host_budget) else (lo, mid)
+        refuse_if_too_big(est, device_budget, host_budget, max_scale=lo or None)
+    return None if tile != "auto" else max(0, device_budget - est.grid - est.output)
 
 
 def resolve_post_fix(model: OneStepRestorer | None, fixmod: str | None = None,
@@ -247,8 +303,8 @@ def resolve_post_fix(model: OneStepRestorer | None, fixmod: str | None = None,
     mode = "auto" if fixmod is None else fixmod
     if mode not in FIXMOD_MODES:
         raise ValueError(f"fixmod={fixmod!r} must be one of {', '.join(FIXMOD_MODES)}")
-    if strength is not None and not 0.0 <= strength <= 1.0:
-        raise ValueError(f"color_fix={strength} (the FixMod strength) must be in [0, 1]")
+    if strength is not None:
+        strength = check_float("color_fix", strength, 0.0, 1.0)
     has_net = getattr(model, "fixmod", None) is not None
     if mode == "off":
         if strength:

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from gendr_core import upscale
-from gendr_core.errors import ImageInputError
+from gendr_core.errors import ConfigError, ImageInputError
 from gendr_core.models import OneStepRestorer
 from gendr_core.ops.resize import resize
 from gendr_core.pipeline import plan_tiles, restore_grid
@@ -168,7 +168,7 @@ def test_degenerate_inputs_raise_clear_errors(tiny_pix):
         upscale(bad, tiny_pix)
     with pytest.raises(ImageInputError, match=r"\(B,3,H,W\)"):
         upscale(torch.rand(3, 8, 8), tiny_pix)
-    with pytest.raises(ImageInputError, match="scale=0"):
+    with pytest.raises(ConfigError, match="scale=0"):
         upscale(torch.rand(1, 3, 8, 8), tiny_pix, scale=0)
     with pytest.raises(ValueError, match="branch_mode"):
         upscale(torch.rand(1, 3, 8, 8), tiny_pix, branch_mode="parallel")

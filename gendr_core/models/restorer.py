@@ -54,6 +54,17 @@ class OneStepRestorer(nn.Module):
         return self.config.pad_multiple
 
     @property
+    def pad_period(self) -> int:
+        """Pixels per cell of the model's input grid (pixel-unshuffle or VAE factor): pads that
+        differ by a multiple of it see the same grid phase."""
+        return self.config.vae.downsample_factor if hasattr(self.config, "vae") else self.config.shuffle_factor
+
+    @property
+    def max_pad(self) -> int:
+        """Largest PadCFG branch pad side accepted: the period, or the model's own pads if wider."""
+        return max(self.pad_period, *self.config.pos_pad, *self.config.neg_pad)
+
+    @property
     def device(self) -> torch.device:
         return self.prompt_pos.device
 

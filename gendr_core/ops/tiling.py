@@ -80,20 +80,25 @@ def tiled_apply(
     h, w = x.shape[-2:]
     ys, xs = tile_spans(h, tile, overlap), tile_spans(w, tile, overlap)
     out = None
-    wsum = torch.zeros((1, 1, h, w), device=x.device, dtype=torch.float32)
+    # The weights are separable, w(y, x) = wy(y) * wx(x), so their sum over the tiles is too:
+    # two vectors instead of a full-size weight buffer.
+    sum_y = torch.zeros(h, device=x.device, dtype=torch.float32)
+    sum_x = torch.zeros(w, device=x.device, dtype=torch.float32)
+    ramps_x = [_ramp(x1 - x0, overlap, x0 > 0, x1 < w, x.device, torch.float32) for x0, x1 in xs]
+    for (x0, x1), wx in zip(xs, ramps_x, strict=True):
+        sum_x[x0:x1] += wx
     total, done = len(ys) * len(xs), 0
     for y0, y1 in ys:
         wy = _ramp(y1 - y0, overlap, y0 > 0, y1 < h, x.device, torch.float32)
-        for x0, x1 in xs:
-            wx = _ramp(x1 - x0, overlap, x0 > 0, x1 < w, x.device, torch.float32)
+        sum_y[y0:y1] += wy
+        for (x0, x1), wx in zip(xs, ramps_x, strict=True):
             y = fn(x[..., y0:y1, x0:x1])
             if out is None:
                 out = torch.zeros((*y.shape[:2], h, w), device=x.device, dtype=torch.float32)
-            weight = wy[:, None] * wx[None, :]
-            out[..., y0:y1, x0:x1] += y.float() * weight
-            wsum[..., y0:y1, x0:x1] += weight
+            out[..., y0:y1, x0:x1].addcmul_(y.float(), wy[:, None] * wx[None, :])
             done += 1
             if progress:
                 progress(done, total)
     assert out is not None
-    return (out / wsum).to(x.dtype)
+    out.div_(sum_y[:, None]).div_(sum_x[None, :])  # in place: no second full-size buffer
+    return out if x.dtype == torch.float32 else out.to(x.dtype)
