@@ -3,6 +3,8 @@
 * :mod:`.pixel` -- L1, per-sample -PSNR (RGB, luma), masked Fourier-space loss (GenDR-Pix Eq. 2).
 * :mod:`.adversarial` -- softplus generator/discriminator pair on logit maps.
 * :mod:`.perceptual` -- feature matching, DISTS, EA-DISTS (DFOSD Eq. 5-7).
+* :mod:`.distill` -- GenDR CiD/CiDA score distillation and REPA (GenDR Eq. 3, 7-11, Algorithms 1-2).
+* :mod:`.dfosd` -- DFOSD's spatial loss, MSE + lambda_2 EA-DISTS (DFOSD Eq. 8).
 
 Images are float tensors (B,3,H,W) in [0,1].  Stage II generator objective (GenDR-Pix Eq. 4 /
 Algorithm 1)::
@@ -21,6 +23,19 @@ from __future__ import annotations
 
 from ._common import Reduction
 from .adversarial import Logits, discriminator_adv_loss, generator_adv_loss
+from .dfosd import dfosd_spatial_loss
+from .distill import (
+    CiDAConfig,
+    base_repa_loss,
+    cid_generator_loss,
+    cid_generator_term,
+    cid_weight,
+    classifier_free_guidance,
+    denoising_loss,
+    repa_loss,
+    score_discriminator_losses,
+    score_network_losses,
+)
 from .perceptual import (
     DISTS,
     DISTS_ALPHA_BETA_PATH,
@@ -51,4 +66,15 @@ __all__ = [
     "EADISTS",
     "Logits",
     "Reduction",
+    "CiDAConfig",
+    "classifier_free_guidance",
+    "cid_weight",
+    "cid_generator_loss",
+    "denoising_loss",
+    "repa_loss",
+    "base_repa_loss",
+    "score_network_losses",
+    "cid_generator_term",
+    "score_discriminator_losses",
+    "dfosd_spatial_loss",
 ]

@@ -23,6 +23,7 @@ from ..errors import ConfigError, ImageInputError
 from ..ops.padding import Pad, pad_fixed, sample_rand_pad
 from ..ops.shuffle import unshuffle
 from .restorer import GenDRPix
+from .unet_features import embed_timestep, run_encoder_blocks
 
 __all__ = [
     "rand_pad_per_sample",
@@ -104,26 +105,9 @@ class FrozenGeneratorFeatures(nn.Module):
         z = unshuffle(x.to(dtype) * 2 - 1, self.f)  # (B,3,H,W) -> (B,3f^2,H/f,W/f)
         b = z.shape[0]
         t = torch.full((b,), self.timestep, device=z.device, dtype=torch.long)
-        emb = self.time_embedding(self.time_proj(t).to(dtype))  # (B,T)
-        if self.time_embed_act is not None:
-            emb = self.time_embed_act(emb)
+        emb = embed_timestep(self.time_proj, self.time_embedding, self.time_embed_act, t, dtype)  # (B,T)
         cond = self.prompt.to(dtype).expand(b, -1, -1)  # (B,L,D)
-        sample = self.conv_in(z)
-        feats = [sample] if 0 in self.depths else []
-        for i, block in enumerate(self.down_blocks, start=1):
-            if getattr(block, "has_cross_attention", False):
-                sample, _ = block(hidden_states=sample, temb=emb, encoder_hidden_states=cond)
-            else:
-                sample, _ = block(hidden_states=sample, temb=emb)
-            if i in self.depths:
-                feats.append(sample)
-        if self.mid_block is not None:
-            if getattr(self.mid_block, "has_cross_attention", False):
-                sample = self.mid_block(sample, emb, encoder_hidden_states=cond)
-            else:
-                sample = self.mid_block(sample, emb)
-            feats.append(sample)
-        return feats
+        return run_encoder_blocks(self.conv_in(z), emb, cond, self.down_blocks, self.mid_block, self.depths)
 
 
 def _groups(width: int) -> int:
