@@ -21,6 +21,7 @@ Every name is re-exported here, so ``from gendr_core.losses import X`` works for
 
 from __future__ import annotations
 
+from . import distill as _distill
 from ._common import Reduction
 from .adversarial import Logits, discriminator_adv_loss, generator_adv_loss
 from .dfosd import dfosd_spatial_loss
@@ -66,15 +67,6 @@ __all__ = [
     "EADISTS",
     "Logits",
     "Reduction",
-    "CiDAConfig",
-    "classifier_free_guidance",
-    "cid_weight",
-    "cid_generator_loss",
-    "denoising_loss",
-    "repa_loss",
-    "base_repa_loss",
-    "score_network_losses",
-    "cid_generator_term",
-    "score_discriminator_losses",
+    *_distill.__all__,  # CiD/CiDA/REPA names, listed once in distill.py
     "dfosd_spatial_loss",
 ]
