@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ from .ops.guidance import ENSEMBLE_SIZES, dihedral_ensemble, pad_cfg, rand_pad_e
 from .ops.padding import Pad, check_image_tensor
 from .ops.resize import output_size, resize
 from .ops.tiling import tile_count, tiled_apply
+from .progress import blocks_per_pass, pass_events
 from .validation import check_choice, check_float, check_int, check_pad, check_tile
 
 logger = logging.getLogger(__name__)
@@ -84,23 +86,27 @@ RANDPAD_MAX = 64
 
 def check_options(model: OneStepRestorer, *, guidance: float = 1.0, pos_pad=None, neg_pad=None,
                   branch_mode: str = "batched", randpad: int = 0, ensemble: int = 1, seed: int = 0,
-                  tile: int | str = "auto", overlap: int = 64) -> dict:
+                  tile: int | str = "auto", overlap: int = 64, names: dict[str, str] | None = None) -> dict:
     """Validated restore options (:func:`restore_grid`'s), each error naming its option.
 
-    Also returns ``passes`` (images per forward pass) and ``pad`` (the widest branch pad per
-    axis, top+bottom and left+right) for the memory estimate."""
-    guidance = check_float("guidance", guidance, *GUIDANCE_RANGE)
-    check_choice("branch_mode", branch_mode, ("batched", "sequential"))
-    randpad = check_int("randpad", randpad, 0, RANDPAD_MAX)
-    ensemble = check_int("ensemble", ensemble)
-    check_choice("ensemble", ensemble, ENSEMBLE_SIZES)
-    seed = check_int("seed", seed, 0, SEED_MAX)
-    overlap = check_int("overlap", overlap, 0)
-    tile = check_tile("tile", tile, model.pad_multiple, overlap)
+    ``names`` maps an option to the name its user sees (a CLI flag, a node input), for the
+    messages. Also returns ``passes`` (images per forward pass) and ``pad`` (the widest branch
+    pad per axis, top+bottom and left+right) for the memory estimate."""
+    n = {k: k for k in ("guidance", "branch_mode", "randpad", "ensemble", "seed", "overlap", "tile", "pos_pad",
+                        "neg_pad")} | (names or {})
+    guidance = check_float(n["guidance"], guidance, *GUIDANCE_RANGE)
+    check_choice(n["branch_mode"], branch_mode, ("batched", "sequential"))
+    randpad = check_int(n["randpad"], randpad, 0, RANDPAD_MAX)
+    ensemble = check_int(n["ensemble"], ensemble)
+    check_choice(n["ensemble"], ensemble, ENSEMBLE_SIZES)
+    seed = check_int(n["seed"], seed, 0, SEED_MAX)
+    overlap = check_int(n["overlap"], overlap, 0)
+    tile = check_tile(n["tile"], tile, model.pad_multiple, overlap, n["overlap"])
     if randpad and guidance != 1.0:
-        raise ConfigError(f"randpad={randpad} (Eq. 6 self-ensemble) needs guidance=1.0, got {guidance}")
+        raise ConfigError(f"{n['randpad']}={randpad} (Eq. 6 self-ensemble) needs {n['guidance']}=1.0, "
+                          f"got {guidance}")
     cfg = model.config
-    pads = [check_pad(name, cfg_pad if given is None else given, model.max_pad)
+    pads = [check_pad(n[name], cfg_pad if given is None else given, model.max_pad)
             for name, given, cfg_pad in (("pos_pad", pos_pad, cfg.pos_pad), ("neg_pad", neg_pad, cfg.neg_pad))]
     if randpad:
         widest = (8, 8)  # rand_pad_ensemble: (p, 8-p, q, 8-q)
@@ -129,13 +135,16 @@ def restore_grid(
     overlap: int = 64,
     progress: Progress | None = None,
     tile_budget: int | None = None,
+    interrupt: Callable[[], None] | None = None,
 ) -> Tensor:
     """Restore ``x`` (B,3,H,W) in [0,1], already on the output grid; returns (B,3,H,W).
 
     ``tile``: "auto" (whole image when the memory estimate fits, else tiles), 0/"off"
     (never tile) or a tile size in pixels. On out-of-memory the tile is halved and the
-    image retried, down to 128 px. ``progress(done, total)`` is called after every branch
-    (sequential PadCFG) or ensemble pass of every tile, so a caller can interrupt per tile.
+    image retried, down to 128 px. ``progress(done, total)`` is called after every UNet block of
+    every branch / ensemble pass of every tile (:mod:`gendr_core.progress`; a batched PadCFG
+    pass counts twice), and ``interrupt()``, which may raise to cancel, after every
+    convolution and attention step inside the pass; the hooks are gone when this returns.
     ``ensemble`` (1, 2, 4 or 8): average over that many flips/transposes of each tile
     (:func:`~gendr_core.ops.guidance.dihedral_ensemble`); n times the compute, same memory.
     """
@@ -148,27 +157,40 @@ def restore_grid(
     m = model.pad_multiple
     x = x.to(model.device)
     gen = torch.Generator("cpu").manual_seed(seed)
-    tiles = {"done": 0, "total": 1}  # set before tiling so each branch/pass can report within its tile
+    # Progress unit: one UNet block of one branch pass (a batched PadCFG forward counts twice).
+    blocks = blocks_per_pass(model)
+    per_tile = ensemble * (randpad or (1 if guidance == 1.0 else 2)) * blocks
+    count = {"units": 0, "weight": 1, "tiles": 1}
+    n_images = x.shape[0]
 
-    def step(i: int, n: int) -> None:  # branch or ensemble pass i of n, in the current tile
+    def report() -> None:
         if progress:
-            progress(tiles["done"] * n + i, tiles["total"] * n)
+            progress(count["units"], count["tiles"] * per_tile)
 
-    def tile_done(done: int, total: int) -> None:
-        tiles["done"] = done
+    def on_block() -> None:
+        count["units"] += count["weight"]
+        report()
 
-    def once(t: Tensor, report: Progress | None) -> Tensor:
+    def predict(xp: Tensor, cond: Tensor) -> Tensor:
+        count["weight"] = max(1, xp.shape[0] // n_images)
+        end = count["units"] + count["weight"] * blocks
+        y = model.predict(xp, cond)
+        if count["units"] != end:  # a model without hooked blocks reports once per pass
+            count["units"] = end
+            report()
+        return y
+
+    def once(t: Tensor) -> Tensor:
         if randpad:
-            return rand_pad_ensemble(model.predict, t, cond_pos, randpad, multiple=m, generator=gen,
-                                     progress=report)
-        return pad_cfg(model.predict, t, cond_pos, cond_neg, guidance, multiple=m, pos_pad=pos_pad,
-                       neg_pad=neg_pad, batched=branch_mode == "batched", progress=report)
+            return rand_pad_ensemble(predict, t, cond_pos, randpad, multiple=m, generator=gen)
+        return pad_cfg(predict, t, cond_pos, cond_neg, guidance, multiple=m, pos_pad=pos_pad,
+                       neg_pad=neg_pad, batched=branch_mode == "batched")
 
     def run(t: Tensor) -> Tensor:
-        with torch.no_grad():
+        with torch.no_grad(), pass_events(model, on_block if progress else None, interrupt):
             if ensemble > 1:
-                return dihedral_ensemble(lambda u: once(u, None), t, ensemble, progress=step)
-            return once(t, step)
+                return dihedral_ensemble(once, t, ensemble)
+            return once(t)
 
     b, _, h, w = x.shape
     if tile == "auto":
@@ -182,12 +204,12 @@ def restore_grid(
         size = tile
     while True:
         try:
-            tiles["done"] = 0
+            count["units"] = 0
             if not size or size >= max(h, w):
-                tiles["total"] = 1
+                count["tiles"] = 1
                 return run(x)
-            tiles["total"] = tile_count(h, w, size, overlap, m)
-            return tiled_apply(run, x, size, overlap, align=m, progress=tile_done)
+            count["tiles"] = tile_count(h, w, size, overlap, m)
+            return tiled_apply(run, x, size, overlap, align=m)
         except Exception as exc:  # noqa: BLE001 - only OOM is handled, everything else re-raised
             if not _is_oom(exc) or tile == "off":
                 raise
@@ -199,6 +221,62 @@ def restore_grid(
             if x.device.type == "cuda":
                 torch.cuda.empty_cache()
             size = new
+
+
+TILING = ("auto", "off", "fixed")
+# One name per concept: upscale() keyword == node input == CLI flag (with '-'), -> restore_grid's keyword
+VOCABULARY = {"tile_overlap": "overlap", "positive_pad": "pos_pad", "negative_pad": "neg_pad", "passes": "randpad",
+              "flips": "ensemble", "branch_mode": "branch_mode", "seed": "seed", "positive": "positive",
+              "negative": "negative"}
+DEPRECATED_NAMES = {"overlap": "tile_overlap", "pos_pad": "positive_pad", "neg_pad": "negative_pad",
+                    "randpad": "passes", "ensemble": "flips", "tile": "tiling/tile_size"}
+MESSAGE_NAMES = {internal: name for name, internal in VOCABULARY.items()} | {"tile": "tile_size"}
+
+
+def restore_keywords(kwargs: dict) -> dict:
+    """:func:`upscale` keywords (the shared vocabulary, or their deprecated names) -> :func:`restore_grid`'s.
+
+    ``tiling`` 'auto' | 'off' | 'fixed' with ``tile_size`` becomes restore_grid's ``tile``; the
+    old ``tile`` ('auto' | 'off' | size) still works, like every name of ``DEPRECATED_NAMES``."""
+    kwargs = dict(kwargs)
+    for old, new in DEPRECATED_NAMES.items():
+        if old not in kwargs:
+            continue
+        warnings.warn(f"upscale({old}=...) is deprecated; use {new}", DeprecationWarning, stacklevel=3)
+        if old == "tile":
+            if "tiling" in kwargs or "tile_size" in kwargs:
+                raise ConfigError("give tiling/tile_size or the deprecated tile, not both")
+            tile = kwargs.pop("tile")
+            if tile in ("auto", "off") or tile in (0, None):
+                kwargs["tiling"] = "off" if tile in (0, None) else tile
+            else:
+                kwargs["tiling"], kwargs["tile_size"] = "fixed", tile
+            continue
+        if new in kwargs:
+            raise ConfigError(f"give {new} or its deprecated name {old}, not both")
+        kwargs[new] = kwargs.pop(old)
+    tiling = check_choice("tiling", kwargs.pop("tiling", "auto"), TILING)
+    tile_size = kwargs.pop("tile_size", 512)
+    out = {"tile": tile_size if tiling == "fixed" else tiling}
+    for name, internal in VOCABULARY.items():
+        if name in kwargs:
+            out[internal] = kwargs.pop(name)
+    for passthrough in ("tile_budget", "output_copies", "interrupt"):
+        if passthrough in kwargs:
+            out[passthrough] = kwargs.pop(passthrough)
+    if kwargs:
+        raise TypeError(f"upscale() got unknown keyword(s) {', '.join(sorted(kwargs))}; valid: "
+                        f"{', '.join(['tiling', 'tile_size', *VOCABULARY])}")
+    return out
+
+
+def check_upscale_options(model: OneStepRestorer, guidance: float = 1.0, names: dict[str, str] | None = None,
+                          **kwargs) -> dict:
+    """:func:`check_options` for :func:`upscale`'s keywords, before any work; messages use
+    the shared vocabulary (or ``names``: the CLI's flags)."""
+    internal = {k: v for k, v in restore_keywords(kwargs).items()
+                if k not in ("positive", "negative", "tile_budget", "output_copies", "interrupt")}
+    return check_options(model, guidance=guidance, names=MESSAGE_NAMES | (names or {}), **internal)
 
 
 def upscale(
@@ -214,14 +292,22 @@ def upscale(
 ) -> Image.Image | Tensor:
     """Restore and upscale ``image`` by ``scale`` (any float > 0) with one model step.
 
-    ``image``: a PIL image (RGB, RGBA, grayscale, 16-bit) or a float tensor (B,3,H,W) in
+    ``image``: a PIL image (RGB, RGBA, grayscale, 16-bit gray) or a float tensor (B,3,H,W) in
     [0,1]; the result is of the same kind. ``model``: a loaded model, a path or shipped name, or
-    None for the default shipped model (``checkpoint.DEFAULT_MODEL``). ``guidance``: PadCFG scale w (1.0 = one pass, no CFG; default:
-    the model's ``default_guidance``). ``fixmod`` ("auto" = None, "off", "wavelet", "learned")
-    and ``color_fix`` (its strength in [0, 1]) choose the post-fix, applied once after
-    stitching; see :func:`post_fix` (default: the learned FixMod when the model file has one,
-    otherwise nothing, as before). Other keywords go to :func:`restore_grid`.
+    None for the default shipped model (``checkpoint.DEFAULT_MODEL``). ``guidance``: PadCFG scale
+    w (1.0 = one pass, no CFG; default: the model's ``default_guidance``). ``fixmod`` ("auto" =
+    None, "off", "wavelet", "learned") and ``color_fix`` (its strength in [0, 1]) choose the
+    post-fix, applied once after stitching; see :func:`post_fix`.
+
+    Other keywords, named as the nodes' inputs and the CLI's flags: ``tiling`` ('auto', 'off',
+    'fixed') and ``tile_size``, ``tile_overlap``, ``positive_pad``/``negative_pad`` (left,
+    right, top, bottom), ``branch_mode``, ``passes`` (RandPad passes, 0 = off), ``flips``
+    (1, 2, 4, 8), ``seed``, ``positive``/``negative`` (prompt embeddings), ``output_copies``
+    (float copies of the output the caller makes, counted in the memory check). The names
+    before this vocabulary (``tile``, ``overlap``, ``pos_pad``, ``neg_pad``, ``randpad``,
+    ``ensemble``) still work and warn (DeprecationWarning).
     """
+    kwargs = restore_keywords(kwargs)
     if not isinstance(model, OneStepRestorer):
         from .checkpoint import load_model
 
@@ -248,18 +334,27 @@ def _upscale_tensor(x, model, scale, guidance, fix, progress, kwargs, save_bytes
         raise ImageInputError(f"image tensor must have 3 channels (B,3,H,W), got shape {tuple(x.shape)}")
     scale = check_float("scale", scale, 0.0, None, low_open=True)
     save_bytes_per_px += 3 * 4 * check_int("output_copies", kwargs.pop("output_copies", 0), 0, 8)
-    opts = check_options(model, guidance=guidance, **{k: v for k, v in kwargs.items()
-                                                      if k not in ("positive", "negative", "tile_budget")})
+    opts = check_options(model, guidance=guidance, names=MESSAGE_NAMES,
+                         **{k: v for k, v in kwargs.items() if k not in ("positive", "negative", "tile_budget",
+                                                                          "interrupt")})
     tile_budget = check_job_memory(model, tuple(x.shape[-2:]), x.shape[0], scale, opts, mode, save_bytes_per_px)
     out_device = x.device
     x = x.float().clamp(0, 1)
+    gray = is_gray(x)  # on the input: resizing keeps equal channels equal
     size = output_size(x.shape[-2], x.shape[-1], scale)
     grid = resize(x.to(model.device), size, "bicubic")  # (B,3,h,w) -> (B,3,H,W)
     kwargs.setdefault("tile_budget", tile_budget)
     y = restore_grid(grid, model, guidance=guidance, progress=progress, **kwargs).float()
     y = post_fix(y, grid, model, mode, strength)
     del grid
+    if gray.any():  # gray in, gray out: the channel mean, so no colour speckle appears
+        y[gray] = y[gray].mean(1, keepdim=True).expand(-1, 3, -1, -1)
     return y.clamp_(0, 1).to(out_device)
+
+
+def is_gray(x: Tensor) -> Tensor:
+    """(B,) bool: images of (B,3,H,W) ``x`` whose three channels are equal everywhere."""
+    return ((x[:, 0] == x[:, 1]) & (x[:, 1] == x[:, 2])).flatten(1).all(1)
 
 
 def check_job_memory(model: OneStepRestorer, in_hw: tuple[int, int], batch: int, scale: float, opts: dict,

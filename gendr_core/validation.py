@@ -15,12 +15,16 @@ from numbers import Integral, Real
 from .errors import ConfigError
 
 
+def _fmt(v: float) -> str:
+    return str(v) if isinstance(v, int) else f"{v:g}"
+
+
 def _range_text(low: float | None, high: float | None, low_open: bool) -> str:
     if low is not None and high is not None:
-        return f"in {'(' if low_open else '['}{low:g}, {high:g}]"
+        return f"in {'(' if low_open else '['}{_fmt(low)}, {_fmt(high)}]"
     if low is not None:
-        return f"{'>' if low_open else '>='} {low:g}"
-    return f"<= {high:g}"
+        return f"{'>' if low_open else '>='} {_fmt(low)}"
+    return f"<= {_fmt(high)}"
 
 
 def check_float(name: str, value: object, low: float | None = None, high: float | None = None,
@@ -92,3 +96,19 @@ def check_tile(name: str, tile: object, multiple: int, overlap: int, overlap_nam
                           f"model's pad multiple {multiple}: tile {aligned}); allowed {overlap_name}: "
                           f"0..{aligned - multiple}")
     return size
+
+
+def parse_pad_text(text: str, name: str) -> tuple[int, int, int, int] | None:
+    """'auto' (or empty) -> None, the model's own pads; 'l,r,t,b' (commas or spaces) -> four ints >= 0."""
+    text = str(text).strip().lower()
+    if text in ("", "auto"):
+        return None
+    parts = [p for p in text.replace(" ", ",").split(",") if p]
+    try:
+        pad = tuple(int(p) for p in parts)
+    except ValueError:
+        pad = ()
+    if len(pad) != 4 or min(pad) < 0:
+        raise ConfigError(f"{name}={text!r}: expected 'auto' or four non-negative integers "
+                          "'left,right,top,bottom', e.g. '4,4,4,4'")
+    return pad  # type: ignore[return-value]

@@ -24,19 +24,22 @@ NAN, INF = float("nan"), float("inf")
     ({"guidance": 11}, "guidance=11 is out of range: it must be in [0, 10]"),
     ({"color_fix": NAN}, "color_fix=nan must be a finite number in [0, 1]"),
     ({"color_fix": 1.5}, "color_fix=1.5 is out of range: it must be in [0, 1]"),
-    ({"overlap": -8}, "overlap=-8 is out of range: it must be >= 0"),
-    ({"overlap": 2.5}, "overlap=2.5 must be a whole number"),
-    ({"tile": 0.5}, "tile=0.5 must be a whole number"),
-    ({"tile": -64}, "tile=-64 is out of range: it must be >= 0"),
-    ({"tile": 8}, "tile=8 is too small: a tile must be 'auto', 'off' or at least the model's pad multiple 16 pixels"),
-    ({"tile": 64, "overlap": 64}, "overlap=64 must be smaller than tile=64"),
-    ({"randpad": -1}, "randpad=-1 is out of range: it must be in [0, 64]"),
-    ({"randpad": INF}, "randpad=inf must be a whole number in [0, 64]"),
-    ({"ensemble": 3}, "ensemble=3 must be one of 1, 2, 4, 8"),
+    ({"tile_overlap": -8}, "tile_overlap=-8 is out of range: it must be >= 0"),
+    ({"tile_overlap": 2.5}, "tile_overlap=2.5 must be a whole number"),
+    ({"tiling": "fixed", "tile_size": 0.5}, "tile_size=0.5 must be a whole number"),
+    ({"tiling": "fixed", "tile_size": -64}, "tile_size=-64 is out of range: it must be >= 0"),
+    ({"tiling": "fixed", "tile_size": 8}, "tile_size=8 is too small: a tile must be 'auto', 'off' or at least the "
+                                          "model's pad multiple 16 pixels"),
+    ({"tiling": "fixed", "tile_size": 64, "tile_overlap": 64}, "tile_overlap=64 must be smaller than tile_size=64"),
+    ({"tiling": "tiles"}, "tiling='tiles' must be one of auto, off, fixed"),
+    ({"passes": -1}, "passes=-1 is out of range: it must be in [0, 64]"),
+    ({"passes": INF}, "passes=inf must be a whole number in [0, 64]"),
+    ({"flips": 3}, "flips=3 must be one of 1, 2, 4, 8"),
     ({"seed": -1}, "seed=-1 is out of range"),
-    ({"pos_pad": (9999, 0, 0, 0)}, "pos_pad=(9999, 0, 0, 0): pos_pad left=9999 is out of range: it must be in [0, 8]"),
-    ({"neg_pad": (0, 0, -1, 0)}, "neg_pad=(0, 0, -1, 0): neg_pad top=-1"),
-    ({"neg_pad": (1, 2, 3)}, "neg_pad=(1, 2, 3) must be four whole numbers"),
+    ({"positive_pad": (9999, 0, 0, 0)}, "positive_pad=(9999, 0, 0, 0): positive_pad left=9999 is out of range: "
+                                        "it must be in [0, 8]"),
+    ({"negative_pad": (0, 0, -1, 0)}, "negative_pad=(0, 0, -1, 0): negative_pad top=-1"),
+    ({"negative_pad": (1, 2, 3)}, "negative_pad=(1, 2, 3) must be four whole numbers"),
     ({"branch_mode": "parallel"}, "branch_mode='parallel' must be one of batched, sequential"),
 ])
 def test_every_numeric_option_is_checked_and_named(tiny_pix, kwargs, needle):
@@ -130,3 +133,20 @@ def test_tiled_blend_uses_separable_weight_sums_exactly():
     y = tiled_apply(lambda t: t, x, 48, 16, align=8)
     assert torch.allclose(y, x, atol=2e-7, rtol=0)  # identity tiles blend back to the input
     assert math.isclose(float((y - x).abs().max()), 0.0, abs_tol=2e-7)
+
+
+def test_old_keyword_names_still_work_and_warn(tiny_pix):
+    x = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(3))
+    new = upscale(x, tiny_pix, scale=2, guidance=1.5, tiling="fixed", tile_size=32, tile_overlap=16,
+                  positive_pad=(2, 6, 2, 6), negative_pad=(1, 7, 0, 8))
+    with pytest.warns(DeprecationWarning, match=r"upscale\(tile=\.\.\.\) is deprecated; use tiling/tile_size"):
+        old = upscale(x, tiny_pix, scale=2, guidance=1.5, tile=32, overlap=16, pos_pad=(2, 6, 2, 6),
+                      neg_pad=(1, 7, 0, 8))
+    assert torch.equal(new, old)
+    with pytest.warns(DeprecationWarning, match="use passes"):
+        a = upscale(x, tiny_pix, scale=1, randpad=2, ensemble=2, seed=4)
+    assert torch.equal(a, upscale(x, tiny_pix, scale=1, passes=2, flips=2, seed=4))
+    with pytest.raises(ConfigError, match="give tile_overlap or its deprecated name overlap, not both"):
+        upscale(x, tiny_pix, overlap=8, tile_overlap=8)
+    with pytest.raises(TypeError, match="unknown keyword"):
+        upscale(x, tiny_pix, tilesize=64)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import ImageInputError
+from ..validation import check_float
 
 
 def output_size(h: int, w: int, scale: float) -> tuple[int, int]:
     """Output (H, W) = round(h*scale), round(w*scale), at least 1."""
-    if not scale > 0:
-        raise ImageInputError(f"scale={scale} must be > 0")
+    scale = check_float("scale", scale, 0.0, None, low_open=True)
     return max(1, round(h * scale)), max(1, round(w * scale))
 
 
