@@ -276,6 +276,7 @@ class BenchRow:
     load_peak_bytes: int | None = None
     ru_maxrss_bytes: int | None = None
     threads: int | None = None
+    macs: int | None = None  # multiply-accumulates of one run, torch.utils.flop_counter on the meta device
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -302,6 +303,7 @@ def compare_rows(pix: BenchRow | dict[str, Any], latent: BenchRow | dict[str, An
         "peak_ratio_pix_over_latent": mem,
         "memory_reduction": None if mem is None else 1.0 - mem,
         "activation_ratio_pix_over_latent": _ratio(p["activation_bytes"], q["activation_bytes"]),
+        "macs_ratio_other_over_ours": _ratio(q.get("macs"), p.get("macs")),
     }
 
 
@@ -338,20 +340,22 @@ class BenchResult:
         """The rows, then the comparisons (each other pipeline against the first), as fixed-width text."""
         width = max([13] + [len(r.pipeline) for r in self.rows])
         lines = [f"{'pipeline':<{width}} {'output':>10} {'input':>9} {'median s':>9} {'min s':>8} "
-                 f"{'peak MiB':>9} {'base MiB':>9} {'act MiB':>8}"]
+                 f"{'peak MiB':>9} {'base MiB':>9} {'act MiB':>8} {'GMACs':>9}"]
         for r in self.rows:
             lines.append(f"{r.pipeline:<{width}} {'x'.join(map(str, r.output_size)):>10} "
                          f"{'x'.join(map(str, r.input_size)):>9} {r.seconds_median:>9.3f} {r.seconds_min:>8.3f} "
-                         f"{_mib(r.peak_bytes):>9} {_mib(r.baseline_bytes):>9} {_mib(r.activation_bytes):>8}")
+                         f"{_mib(r.peak_bytes):>9} {_mib(r.baseline_bytes):>9} {_mib(r.activation_bytes):>8} "
+                         f"{'-' if r.macs is None else f'{r.macs / 1e9:.1f}':>9}")
         if self.comparisons:
             lines += ["", f"{'against':<{width}} {'output':>10} {'t_other/t_ours':>15} {'peak ours/other':>16} "
-                          f"{'memory':>8} {'act ours/other':>15}"]
+                          f"{'memory':>8} {'act ours/other':>15} {'MACs other/ours':>16}"]
             for c in self.comparisons:
                 red = c["memory_reduction"]
                 lines.append(f"{c.get('against', ''):<{width}} {'x'.join(map(str, c['output_size'])):>10} "
                              f"{_fmt(c['speedup'], 'x'):>15} {_fmt(c['peak_ratio_pix_over_latent']):>16} "
                              f"{'-' if red is None else f'{-100 * red:+.0f}%':>8} "
-                             f"{_fmt(c['activation_ratio_pix_over_latent']):>15}")
+                             f"{_fmt(c['activation_ratio_pix_over_latent']):>15} "
+                             f"{_fmt(c.get('macs_ratio_other_over_ours'), 'x'):>16}")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -372,16 +376,17 @@ def _fmt(v: float | None, suffix: str = "") -> str:
 
 
 def plot_result(result: BenchResult, path: Path) -> Path | None:
-    """Seconds and peak memory vs output megapixels, one line per pipeline (atomic PNG write)."""
+    """Seconds, peak memory and GMACs vs output megapixels, one line per pipeline (atomic PNG write),
+    the three panels of GenDR-Pix Fig. 8."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
         logger.info("matplotlib is not installed; skipping the plot %s (pip install matplotlib)", path)
         return None
-    fig = Figure(figsize=(10, 4), dpi=100)
+    fig = Figure(figsize=(14, 4), dpi=100)
     FigureCanvasAgg(fig)
-    ax_t, ax_m = fig.subplots(1, 2)
+    ax_t, ax_m, ax_c = fig.subplots(1, 3)
     for name in dict.fromkeys(r.pipeline for r in result.rows):
         rows = sorted((r for r in result.rows if r.pipeline == name), key=lambda r: r.output_megapixels)
         mp = [r.output_megapixels for r in rows]
@@ -389,12 +394,16 @@ def plot_result(result: BenchResult, path: Path) -> Path | None:
         mem = [(r.output_megapixels, r.peak_bytes / 2**30) for r in rows if r.peak_bytes is not None]
         if mem:
             ax_m.plot(*zip(*mem, strict=True), marker="o", label=name)
+        macs = [(r.output_megapixels, r.macs / 1e9) for r in rows if r.macs is not None]
+        if macs:
+            ax_c.plot(*zip(*macs, strict=True), marker="o", label=name)
     ax_t.set(xlabel="output megapixels", ylabel="seconds (median)", title="time")
     method = result.rows[0].memory_method if result.rows else ""
     ax_m.set(xlabel="output megapixels", ylabel="peak memory (GiB)", title=f"peak memory ({method})")
     if not any(r.peak_bytes is not None for r in result.rows):
         ax_m.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax_m.transAxes)
-    for ax in (ax_t, ax_m):
+    ax_c.set(xlabel="output megapixels", ylabel="GMACs", title="multiply-accumulates (flop_counter)")
+    for ax in (ax_t, ax_m, ax_c):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
@@ -499,10 +508,26 @@ class PeakMemory:
         return max(0, self.peak_bytes - self.baseline_bytes)
 
 
+def count_macs(run: Callable[[torch.device], Any]) -> int | None:
+    """Multiply-accumulates of ``run(torch.device("meta"))``, counted by ``torch.utils.flop_counter``
+    (FLOPs / 2 of the matmuls and convolutions it dispatches) on the meta device: no weights are
+    read and nothing is computed, so a 4K count costs milliseconds. ``run`` must move its model
+    and input to the device it is given. None when an op cannot run on meta (logged)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            run(torch.device("meta"))
+    except Exception as exc:  # noqa: BLE001 - a count is a bonus; the timing stands without it
+        logger.info("MACs not counted (%s: %s)", type(exc).__name__, exc)
+        return None
+    return int(counter.get_total_flops()) // 2
+
+
 def measure(job: dict[str, Any], memory: str) -> dict[str, Any]:
     """Build the job's model, time ``upscale`` and measure memory ("cuda", "rss" or "none")."""
     from .checkpoint import default_dtype, parse_dtype
-    from .pipeline import upscale
+    from .pipeline import restore_grid, upscale
 
     if job.get("threads"):
         torch.set_num_threads(int(job["threads"]))
@@ -534,8 +559,13 @@ def measure(job: dict[str, Any], memory: str) -> dict[str, Any]:
         method = tracker.method if cuda else "fresh_process_" + tracker.method
     m = model.pad_multiple
     ph, pw = -(-y.shape[-2] // m) * m, -(-y.shape[-1] // m) * m
-    passes = 2 if job["guidance"] != 1.0 and job["branch_mode"] == "batched" else 1
-    vae = getattr(model, "vae", None)
+    params = (sum(p.numel() for p in model.parameters()), sum(p.numel() for p in model.unet.parameters()),
+              sum(p.numel() for p in model.vae.parameters()) if getattr(model, "vae", None) is not None else 0)
+    estimated = int(model.estimate_bytes(ph, pw, 2 if job["guidance"] != 1.0 and job["branch_mode"] == "batched" else 1))
+    grid = tuple(y.shape[-2:])  # upscale = bicubic onto the grid (no MACs) + restore_grid
+    macs = count_macs(lambda meta: restore_grid(torch.empty((1, 3) + grid, device=meta), model.to(meta),
+                                                guidance=job["guidance"], branch_mode=job["branch_mode"],
+                                                tile="off"))  # the model's last use
     return {
         "pipeline": job["recipe"]["pipeline"],
         "kind": model.kind,
@@ -552,10 +582,11 @@ def measure(job: dict[str, Any], memory: str) -> dict[str, Any]:
         "memory_method": method,
         "device": str(device),
         "dtype": str(dtype).replace("torch.", ""),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "unet_parameters": sum(p.numel() for p in model.unet.parameters()),
-        "vae_parameters": sum(p.numel() for p in vae.parameters()) if vae is not None else 0,
-        "estimated_bytes": int(model.estimate_bytes(ph, pw, passes)),
+        "parameters": params[0],
+        "unet_parameters": params[1],
+        "vae_parameters": params[2],
+        "estimated_bytes": estimated,
+        "macs": macs,
         "output_shape": list(y.shape),
         "load_peak_bytes": load_peak,
         "ru_maxrss_bytes": _ru_maxrss_bytes() if memory == "rss" else None,
@@ -605,6 +636,8 @@ def _measure_teacher(job: dict[str, Any], memory: str, device: torch.device, dty
     if tuple(y.shape[-2:]) != (h_out, w_out):
         raise GenDRPixError(f"--compare {job['recipe']['path']}: restored to {tuple(y.shape[-2:])}, "
                             f"expected {(h_out, w_out)}")
+    params = sum(p.numel() for p in teacher.parameters())
+    macs = count_macs(lambda meta: teacher.to(meta).restore(x.to(meta), (h_out, w_out)))  # last use
     return {
         "pipeline": job["recipe"]["pipeline"],
         "kind": TEACHER_KIND,
@@ -621,10 +654,11 @@ def _measure_teacher(job: dict[str, Any], memory: str, device: torch.device, dty
         "memory_method": method,
         "device": str(device),
         "dtype": str(dtype).replace("torch.", ""),
-        "parameters": sum(p.numel() for p in teacher.parameters()),
+        "parameters": params,
         "unet_parameters": 0,
         "vae_parameters": 0,
         "estimated_bytes": None,
+        "macs": macs,
         "output_shape": list(y.shape),
         "load_peak_bytes": load_peak,
         "ru_maxrss_bytes": _ru_maxrss_bytes() if memory == "rss" else None,

@@ -19,6 +19,7 @@ from gendr_core.bench import (
     add_bench_arguments,
     compare_recipe,
     compare_rows,
+    count_macs,
     gendr_pix_s_config,
     latent_counterpart,
     parse_sizes,
@@ -226,6 +227,9 @@ def test_compare_model_files_in_process(tmp_path, tiny_pix, fake_teachers):
     t = r.rows[2]
     assert t.kind == "teacher" and t.parameters == 3 * 3 * 9 + 3 and t.estimated_bytes is None
     assert t.output_shape == [1, 3, 64, 64] and t.input_size == [16, 16] and len(t.seconds) == 2
+    assert t.macs == (3 * 3 * 9) * 16 * 16  # the 3x3 conv on the 16x16 input; interpolation has no MACs
+    assert r.rows[3].macs * 4 == pytest.approx(r.rows[0].macs * 6, rel=0.2)  # ours: ~linear in pixels
+    assert r.rows[1].macs == r.rows[0].macs  # the same tiny model as a file
     assert fake_teachers == [(str(teacher), "cpu", torch.float32)] * 2  # loaded once per size, fp32 on CPU
     c = {(x["against"], tuple(x["output_size"])): x for x in r.to_dict()["comparisons"]}
     assert set(c) == {("tiny-copy", (64, 64)), ("tiny-copy", (96, 64)), ("realesrgan-x4plus", (64, 64)),
@@ -290,3 +294,16 @@ def test_unloadable_compare_file_in_a_fresh_process_is_one_line(tmp_path):
         run_benchmark("random:tiny", [(64, 64)], repeats=1, warmup=0, device="cpu", threads=1,
                       compare_models=[str(junk)])
     assert "junk.pth" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_count_macs_is_the_flop_counter_on_meta():
+    conv = torch.nn.Conv2d(8, 16, 3, padding=1)
+    lin = torch.nn.Linear(12, 5)
+    macs = count_macs(lambda d: lin.to(d)(conv.to(d)(torch.empty(2, 8, 10, 12, device=d))))
+    assert macs == 2 * 16 * 10 * 12 * (8 * 9) + 2 * 16 * 10 * 12 * 5  # conv + linear over the last dim
+    assert conv.weight.device.type == "meta"  # counted without real weights or memory
+
+    def broken(d):
+        raise RuntimeError("no meta kernel")
+
+    assert count_macs(broken) is None
