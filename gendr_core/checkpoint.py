@@ -39,9 +39,12 @@ ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 # The models shipped as gendr_core/assets/<name>.safetensors, in the order the ComfyUI Loader
 # lists them. The first is the default of load_model(), `gendr-pix upscale --model` and
 # `gendr-pix inspect`. Shipping another model = one entry here + its asset file.
-SHIPPED_MODELS: tuple[str, ...] = ("gendr-pix-s",)
+# gendr-pix-s-detail: Stage II distilled from Real-ESRGAN x4plus (texture; MODEL_CARD_gendr-pix-s-detail.md);
+# gendr-pix-s: the PSNR-oriented fidelity model (MODEL_CARD.md), its init and discriminator backbone.
+SHIPPED_MODELS: tuple[str, ...] = ("gendr-pix-s-detail", "gendr-pix-s")
 DEFAULT_MODEL = SHIPPED_MODELS[0]
 BUILTIN_MODELS: dict[str, Path] = {name: ASSETS_DIR / f"{name}.safetensors" for name in SHIPPED_MODELS}
+DETAIL_MODEL = "gendr-pix-s-detail"  # the generative-detail shipped model (the default)
 FIDELITY_MODEL = "gendr-pix-s"  # the PSNR-oriented shipped model (and the Stage II D backbone)
 _OWN_KEYS = (KIND_KEY, CONFIG_KEY, VERSION_KEY, FIXMOD_CONFIG_KEY)
 

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .checkpoint import DEFAULT_MODEL
 from .errors import CheckpointFormatError, GenDRPixError, ImageInputError
 from .fileio import atomic_write
 from .imageio import IMAGE_SUFFIXES, load_image
@@ -435,7 +436,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.description = ("Degrade HR images with the fixed evaluation degradation, restore them with bicubic, "
                      "the --compare models and our model, and score PSNR-Y, SSIM-Y, NIQE (standard LIVE model), "
                      "the 8-px grid-artifact score (dB, ~0 = none), and DISTS/LPIPS when weights are given.")
-    p.add_argument("--model", default=None, help="our model: file or built-in name (default: gendr-pix-s)")
+    p.add_argument("--model", default=None, help=f"our model: file or built-in name (default: {DEFAULT_MODEL})")
     p.add_argument("--data", nargs="+", required=True, help="folders of HR images (e.g. ../shared/data/val/Set5/HR)")
     p.add_argument("--compare", nargs="+", default=[], metavar="FILE",
                    help="other models scored in the same run, each a file that gendr_core.teachers.load_teacher "

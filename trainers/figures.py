@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from gendr_core.checkpoint import load_model
+from gendr_core.checkpoint import DEFAULT_MODEL, load_model
 from gendr_core.imageio import load_image, save_image_atomic, tensor_to_pil
 from gendr_core.ops.padding import crop_to_multiple
 from gendr_core.ops.resize import resize
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     ba = sub.add_parser("before-after", help="bicubic | model | ground-truth crops")
     ba.add_argument("--lq", type=Path, required=True)
     ba.add_argument("--hr", type=Path, default=None)
-    ba.add_argument("--model", default=None, help="model file or built-in name (default gendr-pix-s)")
+    ba.add_argument("--model", default=None, help=f"model file or built-in name (default {DEFAULT_MODEL})")
     ba.add_argument("--scale", type=int, default=4)
     ba.add_argument("--box", default="260,120,360,220", help="crop of the output grid: left,top,right,bottom")
     ba.add_argument("--zoom", type=int, default=2)
