@@ -126,6 +126,11 @@ def test_recipe_configs_parse_and_resolve():
     assert dataclasses.replace(nomfs, loss=dataclasses.replace(nomfs.loss, mfs=0.1), output_dir=mfs.output_dir) == mfs
     assert dataclasses.replace(mfs, optim=detail.optim, val_every=200, output_dir=detail.output_dir) == detail
 
+    # a later session whose runs/ is gone continues from the shipped export (fresh heads and Adam)
+    cont = s2.load_config(CONFIGS / "gendr_pix_s_detail_continue.json")
+    assert (cont.init_from, cont.disc_backbone) == ("gendr_core/assets/gendr-pix-s-detail.safetensors", shipped)
+    assert dataclasses.replace(cont, init_from=shipped, output_dir=detail.output_dir) == detail
+
 
 def test_config_errors_name_the_key(tmp_path, files):
     with pytest.raises(ConfigError, match="init_from is required"):
