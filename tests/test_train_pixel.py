@@ -14,10 +14,12 @@ import torch
 
 pytest.importorskip("accelerate")
 
+from safetensors.torch import load_file  # noqa: E402
+
 from gendr_core import load_model  # noqa: E402
 from gendr_core.errors import ConfigError  # noqa: E402
 from trainers.export import export  # noqa: E402
-from trainers.loop import latest_checkpoint, loss_axis_scale  # noqa: E402
+from trainers.loop import JsonlLog, latest_checkpoint, loss_axis_scale  # noqa: E402
 from trainers.train_pixel import LossConfig, gaussian_blur, load_config, lr_at, train  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,7 +123,9 @@ def test_loss_weights_are_checked():
         LossConfig(l1=0.0, adversarial=0.0, perceptual=0.0, mfs=0.0)
 
 
-def test_resume_after_kill_loses_at_most_one_interval(tmp_path):
+def test_resume_after_kill_loses_at_most_one_interval_and_continues_the_same_curve(tmp_path):
+    """SIGKILL a run, restart it: it resumes from its last checkpoint and its loss curve (every
+    term) and final weights equal those of an uninterrupted run, step for step, bit for bit."""
     cfg_path = tmp_path / "cfg.json"
     data = json.loads(TINY.read_text())
     data.update(output_dir=str(tmp_path / "run"), threads=1, save_every=3, val_every=0, log_every=1)
@@ -145,7 +149,7 @@ def test_resume_after_kill_loses_at_most_one_interval(tmp_path):
     ck = latest_checkpoint(tmp_path / "run")
     assert ck is not None
     saved = int(ck.name.split("_")[1])
-    logged = max(json.loads(x)["step"] for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines())
+    logged = max(r["step"] for r in JsonlLog(tmp_path / "run" / "train_log.jsonl").read())  # a torn last line is skipped
     assert logged - saved <= 3 + 1  # lost at most one checkpoint interval (+ the step in flight)
     # resume and run 3 more steps: continues from the saved step
     cfg = load_config(cfg_path)
@@ -154,6 +158,37 @@ def test_resume_after_kill_loses_at_most_one_interval(tmp_path):
     steps = [r["step"] for r in recs]
     assert steps == list(range(1, saved + 4))  # no gap, no duplicate after truncation
     assert latest_checkpoint(tmp_path / "run").name == f"step_{saved + 3:07d}"
+    # the same config uninterrupted: the same curve, exactly (data order, RNG, optimiser, EMA, LR)
+    straight = train(load_config(cfg_path, {"output_dir": str(tmp_path / "straight")}), resume=False,
+                     stop_after=saved + 3)
+    killed, whole = JsonlLog(tmp_path / "run" / "metrics.jsonl").read(), JsonlLog(straight / "metrics.jsonl").read()
+    assert [r["step"] for r in killed] == [r["step"] for r in whole] == list(range(1, saved + 4))
+    for a, b in zip(killed, whole, strict=True):
+        assert {k: v for k, v in a.items() if k.startswith("loss")} == {k: v for k, v in b.items() if k.startswith("loss")}
+    ck_a, ck_b = latest_checkpoint(tmp_path / "run"), latest_checkpoint(straight)
+    for name in ("model.safetensors", "model_1.safetensors", "ema.safetensors"):
+        ta, tb = load_file(str(ck_a / name)), load_file(str(ck_b / name))
+        assert set(ta) == set(tb) and all(torch.equal(ta[k], tb[k]) for k in ta), name
+
+
+def test_half_written_checkpoints_and_torn_log_lines_are_never_picked_up(tmp_path):
+    """What a SIGKILL can leave behind: a checkpoint folder not yet renamed from .tmp (its files
+    complete), one without train_state.json, a log line cut off mid-write."""
+    root = tmp_path / "checkpoints"
+    for name, complete in (("step_0000003", True), ("step_0000006.tmp", True), ("step_0000009", False)):
+        (root / name).mkdir(parents=True)
+        if complete:
+            (root / name / "train_state.json").write_text(json.dumps({"step": int(name[5:12])}))
+    assert latest_checkpoint(tmp_path).name == "step_0000003"
+    log = JsonlLog(tmp_path / "metrics.jsonl")
+    for step in (1, 2, 3):
+        log.write({"step": step, "loss": 0.5})
+    with log.path.open("a") as f:
+        f.write('{"step": 4, "lo')  # killed during the write
+    assert [r["step"] for r in log.read()] == [1, 2, 3]
+    log.truncate_after(2)
+    assert log.read() == [{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.5}]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "metrics.jsonl"]  # no temp file left
 
 
 def test_shipped_recipe_configs_parse_and_polish_differs_only_where_documented():

@@ -6,7 +6,14 @@ Checkpoint folder ``<out>/checkpoints/step_XXXXXXX/`` holds accelerate's ``save_
 (model/optimizer/RNG), ``ema.safetensors`` (EMA generator weights), ``train_state.json``
 (step) and ``config.json`` (the resolved training config). A folder is written under a
 temporary name and renamed when complete, so an interrupted save never shadows the last
-good checkpoint.
+good checkpoint (a half-written ``step_XXXXXXX.tmp`` folder is never picked up).
+
+Distributed runs (``torchrun`` / ``accelerate launch``, one process per device): ``data.batch_size``
+is the *global* batch; :class:`StepBatchSampler` gives every process its own slice of each
+global batch (:class:`BatchShard`), so the world sees each item once per step and a 1-process
+run sees exactly the batches it always did. Logged scalars are averaged over the processes
+(:func:`reduce_for_log`); only the main process writes logs, ``metrics.jsonl``, plots and the
+files of a checkpoint other than accelerate's per-process RNG state.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from gendr_core.pipeline import restore_grid
 logger = logging.getLogger(__name__)
 
 CKPT_PREFIX = "step_"
+METRICS_FILE = "metrics.jsonl"  # per-step scalars of every trainer: step, loss, world_size, samples_seen, ...
 C = TypeVar("C")
 
 
@@ -127,14 +135,72 @@ def require_accelerate():
 
 
 def setup_accelerator(out: Path, mixed_precision: str, threads: int, seed: int):
-    """accelerate ``Accelerator`` for ``out``, torch threads, seeds, logging; returns (module, accelerator)."""
+    """accelerate ``Accelerator`` for ``out``, torch threads, seeds, logging; returns (module, accelerator).
+
+    On a machine without an accelerator device the Accelerator is made with ``cpu=True``: only then
+    does accelerate turn a ``torchrun`` launch into a real gloo process group (``MULTI_CPU``); with
+    ``cpu=False`` every process would train alone as ``DistributedType.NO``."""
     accelerate = require_accelerate()
-    acc = accelerate.Accelerator(mixed_precision=mixed_precision, project_dir=str(out))
+    check_launch_environment()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")  # set by `accelerate launch` (its config file)
+    if mixed_precision == "no" and launched not in ("no", ""):
+        logger.info("mixed precision %s from the accelerate launch config (the training config says 'no')", launched)
+        mixed_precision = launched
+    device_api = getattr(torch, "accelerator", None)  # torch >= 2.6; CUDA only before
+    has_device = device_api.is_available() if device_api is not None else torch.cuda.is_available()
+    acc = accelerate.Accelerator(mixed_precision=mixed_precision, project_dir=str(out), cpu=not has_device)
     if threads:
         torch.set_num_threads(threads)
     accelerate.utils.set_seed(seed)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return accelerate, acc
+
+
+def exclude_from_ddp(model: torch.nn.Module, names: Sequence[str]) -> None:
+    """Keep the parameters ``names`` out of DDP's gradient reducer; call before ``accelerator.prepare``.
+
+    For parameters that a trainer fits from gradients it computes (``torch.autograd.grad``) and
+    sums over the processes itself (:func:`sum_over_processes`). DDP still expects a gradient for
+    every other parameter in every backward, so a parameter that is unused by mistake fails loudly.
+    Has no effect without DDP."""
+    known = {n for n, _ in model.named_parameters()}
+    missing = sorted(set(names) - known)
+    if missing:
+        raise ConfigError(f"exclude_from_ddp: {type(model).__name__} has no parameter(s) {missing}")
+    # DDP matches some of its checks against "module.param" names built as f"{module_name}.{name}", which
+    # gives ".name" for parameters of the root module (torch 2.13): list both spellings
+    spellings = [*names, *(f".{n}" for n in names if "." not in n)]
+    torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, spellings)
+
+
+def refuse_deepspeed(accelerator, script: str) -> None:
+    """Stop a trainer with a generator + discriminator under DeepSpeed, which it does not support yet."""
+    if str(accelerator.distributed_type).endswith("DEEPSPEED"):
+        raise ConfigError(f"{script} prepares two models (generator and discriminator) and fits some parameters from "
+                          "gradients of its own, which accelerate's DeepSpeed integration (one model per plugin) does "
+                          "not cover yet; launch it with DDP, e.g. trainers/configs/accelerate_ddp_8gpu_bf16.yaml")
+
+
+def finish_distributed() -> None:
+    """Tear down the process group of a distributed run (``torchrun`` / ``accelerate launch``)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def check_launch_environment(env: dict[str, str] | None = None) -> None:
+    """Refuse the launch that looks distributed but is one process: ``accelerate launch --cpu
+    --num_processes N`` (N > 1) without an MPI host file runs the script once, with MASTER_ADDR set
+    but no WORLD_SIZE/RANK (accelerate's CPU launcher needs mpirun), so N would silently be 1."""
+    env = os.environ if env is None else env
+    world_vars = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+    if (env.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") and "MASTER_ADDR" in env
+            and not any(v in env for v in world_vars)):
+        raise ConfigError("accelerate launch --cpu --num_processes N starts ONE process unless it is given an MPI host "
+                          "file (--mpirun_hostfile); for N CPU processes use `torchrun --nproc_per_node N -m "
+                          "trainers.<script> ...` or `accelerate launch --multi_gpu --num_processes N -m "
+                          "trainers.<script> ...` (accelerate's torchrun launcher; on a machine without GPUs the "
+                          "trainers run it on the CPU with gloo; see trainers/README.md)")
 
 
 def lr_at(step: int, o: OptimConfig) -> float:
@@ -159,6 +225,13 @@ def make_schedulers(opt_g, opt_d, o: OptimConfig, step: int, d_start: int) -> li
         for _ in range(max(0, step - d_start)):
             scheds[1].step()
     return scheds
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The generator of one training step's own draws (RandPad offsets, blur sigmas): a pure
+    function of (seed, step), so a resumed run draws what an uninterrupted one does, and every
+    process of a distributed run draws the same numbers."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
 @torch.no_grad()
@@ -244,7 +317,8 @@ def latest_checkpoint(out: Path) -> Path | None:
     root = out / "checkpoints"
     if not root.is_dir():
         return None
-    done = [p for p in root.iterdir() if p.name.startswith(CKPT_PREFIX) and (p / "train_state.json").is_file()]
+    done = [p for p in root.iterdir() if p.name.startswith(CKPT_PREFIX) and p.name[len(CKPT_PREFIX):].isdigit()
+            and (p / "train_state.json").is_file()]  # never a half-renamed "step_X.tmp"
     return max(done, key=lambda p: int(p.name[len(CKPT_PREFIX):]), default=None)
 
 
@@ -257,6 +331,7 @@ def save_checkpoint(accelerator, out: Path, step: int, ema_state: dict[str, torc
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()  # every process's RNG state is in tmp before it is renamed
     if accelerator.is_main_process:
         save_file({k: v.detach().cpu().contiguous() for k, v in ema_state.items()}, str(tmp / "ema.safetensors"))
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
@@ -264,7 +339,8 @@ def save_checkpoint(accelerator, out: Path, step: int, ema_state: dict[str, torc
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        ckpts = sorted((p for p in final.parent.iterdir() if p.name.startswith(CKPT_PREFIX) and not p.name.endswith(".tmp")),
+        ckpts = sorted((p for p in final.parent.iterdir() if p.name.startswith(CKPT_PREFIX)
+                        and p.name[len(CKPT_PREFIX):].isdigit()),
                        key=lambda p: int(p.name[len(CKPT_PREFIX):]))
         for old in ckpts[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
@@ -282,14 +358,74 @@ def load_checkpoint(accelerator, path: Path) -> tuple[int, dict[str, torch.Tenso
 def resume_from_latest(accelerator, out: Path, log: JsonlLog, ema: dict[str, torch.Tensor],
                        resume: bool = True) -> tuple[int, dict[str, torch.Tensor]]:
     """Restore the newest complete checkpoint under ``out`` (when ``resume``): returns (step, EMA)
-    and drops log records newer than that step; (0, ``ema``) when there is none."""
+    and drops records newer than that step from ``log`` and ``out/metrics.jsonl`` (main process);
+    (0, ``ema``) when there is none."""
     ckpt = latest_checkpoint(out) if resume else None
     if ckpt is None:
         return 0, ema
     step, ema_sd = load_checkpoint(accelerator, ckpt)
-    log.truncate_after(step)
+    if accelerator.is_main_process:
+        for lg in (log, JsonlLog(out / METRICS_FILE)):
+            if lg.path.exists():
+                lg.truncate_after(step)
+    accelerator.wait_for_everyone()
     logger.info("resumed from %s at step %d", ckpt, step)
     return step, {k: v.to(torch.float32) for k, v in ema_sd.items()}
+
+
+@dataclass(frozen=True)
+class BatchShard:
+    """One process's slice ``[start, start + size)`` of every global batch of ``global_batch`` items.
+
+    ``global_batch`` (``data.batch_size``) must be a multiple of ``world_size``; every process
+    trains on ``size = global_batch / world_size`` items per step, so the gradient that DDP
+    averages over the processes is the gradient of the global-batch mean loss.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    global_batch: int = 1
+
+    def __post_init__(self) -> None:
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
+            raise ConfigError(f"process rank={self.rank} is not in [0, world_size={self.world_size})")
+        if self.global_batch < 1 or self.global_batch % self.world_size:
+            fit = -(-max(1, self.global_batch) // self.world_size) * self.world_size
+            raise ConfigError(f"data.batch_size={self.global_batch} is the global batch and must be a multiple of "
+                              f"the {self.world_size} processes (each trains on batch_size / processes items per "
+                              f"step); use {fit}, or launch a number of processes that divides it")
+
+    @property
+    def size(self) -> int:
+        return self.global_batch // self.world_size
+
+    @property
+    def start(self) -> int:
+        return self.rank * self.size
+
+    def indices(self, step: int) -> list[int]:
+        """Dataset items of this process at ``step``."""
+        first = step * self.global_batch + self.start
+        return list(range(first, first + self.size))
+
+    def local_count(self, k: int) -> int:
+        """How many of the global batch's first ``k`` items fall in this slice."""
+        return max(0, min(k - self.start, self.size))
+
+
+def check_accumulation(steps: int, global_batch: int, world_size: int = 1) -> None:
+    """``gradient_accumulation_steps`` must be >= 1 and divide every process's slice of the batch."""
+    if not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"gradient_accumulation_steps={steps!r} must be an integer >= 1 (1 = no accumulation)")
+    if global_batch % (world_size * steps):
+        raise ConfigError(f"data.batch_size={global_batch} (the global batch) must be a multiple of processes x "
+                          f"gradient_accumulation_steps = {world_size} x {steps}: every forward pass takes "
+                          f"batch_size / {world_size * steps} items")
+
+
+def batch_shard(accelerator, global_batch: int) -> BatchShard:
+    """The :class:`BatchShard` of this process of ``accelerator``."""
+    return BatchShard(accelerator.process_index, accelerator.num_processes, global_batch)
 
 
 class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
@@ -297,21 +433,59 @@ class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
 
     The dataset itself shuffles images and draws one scale per batch from (seed, index), so
     resuming at step k replays exactly the batches an uninterrupted run would have seen.
+    With ``shard`` (distributed runs) this process yields only its slice of each global
+    batch (:class:`BatchShard`), so the processes together see every item once. DataLoader
+    workers need no slicing of their own: each batch of a batch sampler goes to one worker.
     """
 
-    def __init__(self, batch_size: int, start_step: int, max_steps: int) -> None:
+    def __init__(self, batch_size: int, start_step: int, max_steps: int, shard: BatchShard | None = None) -> None:
+        if shard is not None and shard.global_batch != batch_size:
+            raise ConfigError(f"shard of a {shard.global_batch}-item batch given for batch_size={batch_size}")
         self.b, self.start, self.max = batch_size, start_step, max_steps
+        self.shard = shard or BatchShard(0, 1, batch_size)
 
     def __iter__(self) -> Iterator[list[int]]:
         for step in range(self.start, self.max):
-            yield list(range(step * self.b, (step + 1) * self.b))
+            yield self.shard.indices(step)
 
     def __len__(self) -> int:
         return max(0, self.max - self.start)
 
 
+def reduce_for_log(accelerator, means: dict[str, Any], sums: dict[str, Any] | None = None) -> dict[str, float]:
+    """One step's logged scalars over every process: ``means`` averaged (each process's mean over its
+    equal slice of the batch, so the result is the global-batch mean), ``sums`` added (terms that a
+    process already weighted by its share). Every process must call it with the same keys in the
+    same order. With one process the values are returned as they are."""
+    sums = sums or {}
+    keys = [*means, *sums]
+    values = [float(v) for v in (*means.values(), *sums.values())]
+    n = accelerator.num_processes
+    if n == 1:
+        return dict(zip(keys, values, strict=True))
+    total = accelerator.reduce(torch.tensor(values, dtype=torch.float64, device=accelerator.device), reduction="sum")
+    return {k: float(total[i]) / (n if i < len(means) else 1) for i, k in enumerate(keys)}
+
+
+def sum_over_processes(accelerator, t: torch.Tensor) -> torch.Tensor:
+    """In-place sum of ``t`` over every process (a no-op with one); for gradients that a trainer
+    computes outside DDP's reducer (see ``train_pixel``'s negative embedding)."""
+    if accelerator.num_processes > 1:
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+    return t
+
+
+def gather_indices(accelerator, index: torch.Tensor) -> list[list[int]]:
+    """The dataset items of this step on every process, rank by rank (equal slices)."""
+    if accelerator.num_processes == 1:
+        return [index.tolist()]
+    every = accelerator.gather(index.to(accelerator.device)).cpu()
+    return [c.tolist() for c in every.chunk(accelerator.num_processes)]
+
+
 class JsonlLog:
-    """Append-only JSON-lines log, flushed per record (survives a kill)."""
+    """Append-only JSON-lines log, flushed per record (survives a kill; a line torn by a kill
+    during the write is skipped with a warning)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -324,12 +498,25 @@ class JsonlLog:
     def read(self) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        lines = self.path.read_text().splitlines()
+        records = []
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                if i < len(lines) - 1:
+                    raise ConfigError(f"{self.path}: line {i + 1} is not JSON ({exc}); fix or delete that line") from None
+                logger.warning("%s: skipping its last line, cut off by an interrupted write", self.path)
+        return records
 
     def truncate_after(self, step: int) -> None:
-        """Drop records newer than ``step`` (after resuming from an older checkpoint)."""
+        """Drop records newer than ``step`` (after resuming from an older checkpoint); atomic."""
         keep = [r for r in self.read() if r.get("step", 0) <= step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        os.replace(tmp, self.path)
 
 
 def loss_axis_scale(train_records: list[dict]) -> str:

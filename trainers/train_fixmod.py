@@ -59,14 +59,19 @@ from gendr_core.ops.color_fix import wavelet_color_fix
 from gendr_core.ops.resize import resize
 from gendr_core.pipeline import restore_grid
 from trainers.loop import (
+    METRICS_FILE,
     DataConfig,
     JsonlLog,
     OptimConfig,
     StepBatchSampler,
+    batch_shard,
     ema_update,
+    finish_distributed,
+    gather_indices,
     load_val_set,
     lr_at,
     plot_curves,
+    reduce_for_log,
     resume_from_latest,
     save_checkpoint,
     setup_accelerator,
@@ -182,7 +187,7 @@ class _Cycle(torch.utils.data.Dataset):
         return 2**62
 
     def __getitem__(self, i: int):
-        return self.ds[i % len(self.ds)]
+        return {**self.ds[i % len(self.ds)], "index": i}
 
 
 def build_dataset(cfg: FixModTrainConfig):
@@ -201,11 +206,12 @@ def build_dataset(cfg: FixModTrainConfig):
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """hr (B,3,H,W), lr (B,3,h,w) and, when every item has one, the teacher output xr (B,3,H,W)."""
+    """hr (B,3,H,W), lr (B,3,h,w), index (B,) and, when every item has one, the teacher output xr (B,3,H,W)."""
     sizes = sorted({tuple(it["lr"].shape) for it in items})
     if len(sizes) != 1:
         raise ConfigError(f"batch mixes LR sizes {sizes}; the dataset must draw one scale per batch")
     out = {k: torch.stack([it[k] for it in items]) for k in ("hr", "lr")}
+    out["index"] = torch.tensor([it["index"] for it in items])
     if all("xr" in it for it in items):
         out["xr"] = torch.stack([it["xr"] for it in items])
     return out
@@ -254,6 +260,8 @@ def train(cfg: FixModTrainConfig, resume: bool = True, stop_after: int | None = 
     (written when ``optim.max_steps`` is reached) or, when stopped earlier, ``output_dir``."""
     out = Path(cfg.output_dir)
     _, acc = setup_accelerator(out, cfg.mixed_precision, cfg.threads, cfg.seed)
+    bsz = cfg.data.batch_size  # the global batch
+    shard = batch_shard(acc, bsz)  # this process's slice of it
 
     # -- frozen restorer, trainable FixMod
     source = resolve_model_path(cfg.restorer)
@@ -272,7 +280,7 @@ def train(cfg: FixModTrainConfig, resume: bool = True, stop_after: int | None = 
     unwrapped = acc.unwrap_model(net)
 
     # -- resume
-    log = JsonlLog(out / "train_log.jsonl")
+    log, metrics = JsonlLog(out / "train_log.jsonl"), JsonlLog(out / METRICS_FILE)
     step, ema = resume_from_latest(acc, out, log, ema, resume)
     end = o.max_steps if stop_after is None else min(o.max_steps, step + stop_after)
     for group in opt.param_groups:
@@ -280,8 +288,7 @@ def train(cfg: FixModTrainConfig, resume: bool = True, stop_after: int | None = 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, o), last_epoch=step - 1)  # at lr_at(step)
 
     # -- data
-    bsz = cfg.data.batch_size
-    dl = torch.utils.data.DataLoader(build_dataset(cfg), batch_sampler=StepBatchSampler(bsz, step, end),
+    dl = torch.utils.data.DataLoader(build_dataset(cfg), batch_sampler=StepBatchSampler(bsz, step, end, shard),
                                      num_workers=cfg.data.num_workers, collate_fn=collate,
                                      persistent_workers=cfg.data.num_workers > 0)
     cached = []
@@ -322,13 +329,19 @@ def train(cfg: FixModTrainConfig, resume: bool = True, stop_after: int | None = 
         step += 1
         seen += hr.shape[0]
         pbar.update(1)
+        if step % cfg.log_every == 0 or step == end:  # every process: the scalars are mean-reduced over them
+            scal = reduce_for_log(acc, {"loss": loss.detach(), **{f"loss_{k}": v.detach() for k, v in losses.items()},
+                                        "l1_restorer": l1_loss(y, target)})  # the batch without FixMod, to compare
+            indices = gather_indices(acc, batch["index"])
         if acc.is_main_process and (step % cfg.log_every == 0 or step == end):
-            rec = {"kind": "train", "step": step, "loss": float(loss.detach()), "lr": sched.get_last_lr()[0],
-                   "images_per_s": seen / (time.time() - t0), "target": "xr" if target is not hr else "hr"}
-            rec.update({f"loss_{k}": float(v.detach()) for k, v in losses.items()})
-            rec["l1_restorer"] = float(l1_loss(y, target))  # the same batch without FixMod, for comparison
+            rec = {"kind": "train", "step": step, "loss": scal["loss"], "lr": sched.get_last_lr()[0],
+                   "images_per_s": seen * shard.world_size / (time.time() - t0),
+                   "target": "xr" if target is not hr else "hr", **{k: v for k, v in scal.items() if k != "loss"}}
             log.write(rec)
-            pbar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+            metrics.write({"step": step, "loss": scal["loss"], "world_size": shard.world_size,
+                           "samples_seen": step * bsz, "lr": rec["lr"],
+                           **{k: v for k, v in scal.items() if k.startswith("loss_")}, "rank_indices": indices})
+            pbar.set_postfix(loss=f"{scal['loss']:.4f}")
         if acc.is_main_process and cached and (step % cfg.val_every == 0 or step == end):
             eval_net.load_state_dict(ema)
             rec = {"kind": "val", "step": step, **validate_fixmod(eval_net, cached, cfg.data.val_scale)}
@@ -353,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", required=True, help="JSON file parsed into FixModTrainConfig")
     ap.add_argument("--restorer", help="override restorer (model file or shipped name)")
-    ap.add_argument("--output-dir", help="override output_dir")
+    ap.add_argument("--out", "--output-dir", dest="output_dir",
+                    help="override output_dir (logs, metrics.jsonl, checkpoints)")
     ap.add_argument("--output-model", help="override output_model (.safetensors)")
     ap.add_argument("--max-steps", type=int, help="override optim.max_steps")
     ap.add_argument("--stop-after", type=int, help="stop after this many more steps (for time-boxed sessions)")
@@ -365,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         if value:
             overrides[key] = value
     train(load_config(args.config, overrides), resume=not args.no_resume, stop_after=args.stop_after)
+    finish_distributed()
     return 0
 
 

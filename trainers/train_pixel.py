@@ -19,8 +19,13 @@ prompt embedding against a *blurred* HQ target. G(x, c-) thus learns a softer re
 and PadCFG's w*G(x,c+) + (1-w)*G(x,c-) = G+ + (w-1)(G+ - G-) extrapolates away from it,
 adding detail for w > 1 at some PSNR cost, the trade-off of GenDR-Pix Fig. 13.
 
-Run:  python -m trainers.train_pixel --config trainers/configs/gendr_pix_s.json
+Run:  python -m trainers.train_pixel --config trainers/configs/gendr_pix_s.json [--out DIR]
 Resume is automatic from the newest checkpoint in ``output_dir`` (``--no-resume`` to restart).
+Distributed: ``torchrun --nproc_per_node N -m trainers.train_pixel ...`` (or ``accelerate launch``);
+``data.batch_size`` is the global batch, split evenly over the processes, so N processes train
+on the batches of a 1-process run (trainers/README.md, "Running on a cluster"). The negative
+samples are the global batch's first ``round(neg_fraction * batch_size)`` items, wherever they
+land; ``prompt_neg`` is fitted outside DDP's reducer and its gradient summed over the processes.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import json
 import logging
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,22 +60,33 @@ from gendr_core.losses import (
 )
 from gendr_core.models import GenDRPix
 from gendr_core.models.discriminators import PixelUnshuffleDiscriminator
-from gendr_core.ops.padding import rand_pad
+from gendr_core.ops.padding import pad_fixed, sample_rand_pad
 from gendr_core.ops.resize import resize
 from trainers.loop import (
+    METRICS_FILE,
+    BatchShard,
     DataConfig,
     JsonlLog,
     OptimConfig,
     StepBatchSampler,
+    batch_shard,
+    check_accumulation,
     ema_update,
+    exclude_from_ddp,
+    finish_distributed,
+    gather_indices,
     load_init_weights,
     load_val_set,
     lr_at,  # noqa: F401  (re-exported: the tests import it from here)
     make_schedulers,
     plot_curves,
+    reduce_for_log,
+    refuse_deepspeed,
     resume_from_latest,
     save_checkpoint,
     setup_accelerator,
+    step_generator,
+    sum_over_processes,
     validate,
 )
 from trainers.loop import load_config as load_config_as
@@ -119,6 +136,7 @@ class PixelTrainConfig(JSONConfig):
     seed: int = 0
     mixed_precision: str = "no"  # "no" | "bf16" | "fp16"
     gradient_checkpointing: bool = False
+    gradient_accumulation_steps: int = 1  # forward/backward passes per optimiser step, each of batch/(processes x this)
     zero_init_out: bool = True
     init_from: str | None = None
     threads: int = 0
@@ -131,6 +149,7 @@ class PixelTrainConfig(JSONConfig):
         if self.data.crop_size % self.model.pad_multiple:
             raise ConfigError(f"data.crop_size={self.data.crop_size} must be a multiple of the model's "
                               f"pad multiple {self.model.pad_multiple}")
+        check_accumulation(self.gradient_accumulation_steps, self.data.batch_size)
 
 
 def load_config(path: str | Path, overrides: dict[str, object] | None = None) -> PixelTrainConfig:
@@ -141,9 +160,16 @@ def load_config(path: str | Path, overrides: dict[str, object] | None = None) ->
 # ----------------------------------------------------------------------------- helpers
 
 
-def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Per-sample isotropic Gaussian blur, (B,C,H,W) with sigma (B,), reflect padding."""
-    r = int(math.ceil(3 * float(sigma.max())))
+def blur_radius(sigma: torch.Tensor) -> int:
+    """Kernel radius of :func:`gaussian_blur` for a batch with these sigmas: ceil(3 max sigma)."""
+    return int(math.ceil(3 * float(sigma.max())))
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int | None = None) -> torch.Tensor:
+    """Per-sample isotropic Gaussian blur, (B,C,H,W) with sigma (B,), reflect padding; kernel
+    radius ``radius`` (default :func:`blur_radius` of ``sigma``: pass the whole batch's radius to
+    blur a slice of it exactly as the whole batch)."""
+    r = blur_radius(sigma) if radius is None else radius
     t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
     k = torch.exp(-(t[None] ** 2) / (2 * sigma[:, None].to(x.dtype) ** 2))
     k = k / k.sum(1, keepdim=True)  # (B, 2r+1)
@@ -155,6 +181,29 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return y.reshape(b, c, h, w)
 
 
+def generator_terms(loss: LossConfig, y: torch.Tensor, hr: torch.Tensor, perceptual: torch.nn.Module | None,
+                    disc: torch.nn.Module | None, pad_g) -> dict[str, torch.Tensor]:
+    """The weighted generator terms of one forward pass (module docstring; weights 0 skip): l1, mse,
+    psnr, psnr_y, mfs, perceptual, and with ``disc`` the adversarial term on ``y`` padded by the
+    step's RandPad ``pad_g`` (Eq. 3)."""
+    out: dict[str, torch.Tensor] = {}
+    if loss.l1:
+        out["l1"] = loss.l1 * l1_loss(y, hr)
+    if loss.mse:
+        out["mse"] = loss.mse * F.mse_loss(y, hr)
+    if loss.psnr:
+        out["psnr"] = loss.psnr * neg_psnr_loss(y, hr)
+    if loss.psnr_y:
+        out["psnr_y"] = loss.psnr_y * neg_psnr_y_loss(y, hr)
+    if loss.mfs:
+        out["mfs"] = loss.mfs * masked_fourier_loss(y, hr, half_width=loss.mfs_half_width)
+    if perceptual is not None:
+        out["perceptual"] = loss.perceptual * perceptual(y, hr).mean()
+    if disc is not None:
+        out["adv_g"] = loss.adversarial * generator_adv_loss(disc(pad_fixed(y, pad_g)))
+    return out
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -162,6 +211,10 @@ def train(cfg: PixelTrainConfig, resume: bool = True, stop_after: int | None = N
     """Train until ``optim.max_steps`` (or ``stop_after`` more steps); returns output_dir."""
     out = Path(cfg.output_dir)
     _, acc = setup_accelerator(out, cfg.mixed_precision, cfg.threads, cfg.seed)
+    bsz = cfg.data.batch_size  # the global batch
+    shard = batch_shard(acc, bsz)  # this process's slice of it
+    check_accumulation(cfg.gradient_accumulation_steps, bsz, shard.world_size)
+    refuse_deepspeed(acc, "train_pixel")
 
     # -- model
     model = GenDRPix(cfg.model)
@@ -176,6 +229,9 @@ def train(cfg: PixelTrainConfig, resume: bool = True, stop_after: int | None = N
         load_init_weights(model, cfg.init_from)
     model.prompt_pos.requires_grad_(True)
     model.prompt_neg.requires_grad_(True)
+    # prompt_neg learns only from the negative samples, through torch.autograd.grad below, never
+    # from the backward that DDP reduces: keep it out of DDP's reducer, sum its gradient ourselves
+    exclude_from_ddp(model, ["prompt_neg"])
     if cfg.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
     eval_model = copy.deepcopy(model).eval().requires_grad_(False)
@@ -193,16 +249,15 @@ def train(cfg: PixelTrainConfig, resume: bool = True, stop_after: int | None = N
     model, disc, opt_g, opt_d = acc.prepare(model, disc, opt_g, opt_d)
 
     # -- resume
-    log = JsonlLog(out / "train_log.jsonl")
+    log, metrics = JsonlLog(out / "train_log.jsonl"), JsonlLog(out / METRICS_FILE)
     step, ema = resume_from_latest(acc, out, log, ema, resume)
     end = o.max_steps if stop_after is None else min(o.max_steps, step + stop_after)
 
     # -- data
-    bsz = cfg.data.batch_size
     ds = HRFolderDataset(list(cfg.data.train_dirs), crop_size=cfg.data.crop_size, scales=cfg.data.scales,
                          degradation=cfg.degradation or DegradationConfig(), seed=cfg.seed,
                          epoch_length=o.max_steps * bsz, batch_size=bsz)
-    sampler = StepBatchSampler(bsz, step, end)
+    sampler = StepBatchSampler(bsz, step, end, shard)
     dl = torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=cfg.data.num_workers,
                                      collate_fn=collate_pairs, persistent_workers=cfg.data.num_workers > 0)
     val_pairs = (load_val_set(cfg.data.val_dirs, cfg.data.val_crop, cfg.data.val_scale)
@@ -216,74 +271,95 @@ def train(cfg: PixelTrainConfig, resume: bool = True, stop_after: int | None = N
     scheds = make_schedulers(opt_g, opt_d, o, step, cfg.loss.adv_start_step)
     pbar = tqdm(total=end, initial=step, disable=not acc.is_main_process, desc="train", dynamic_ncols=True)
     t0, seen = time.time(), 0
-    gen = torch.Generator().manual_seed(cfg.seed + 17 * step + 1)
+    accum = cfg.gradient_accumulation_steps
+    micro = shard.size // accum  # items per forward pass
     for batch in dl:
+        gen = step_generator(cfg.seed, step)  # this step's RandPad offsets and blur sigmas: exact on resume
         hr = batch["hr"].to(acc.device)
         lr = batch["lr"].to(acc.device)
-        b = hr.shape[0]
+        b = hr.shape[0]  # this process's slice of the global batch (all of it with one process)
         x = resize(lr, tuple(hr.shape[-2:]), "bicubic")  # LR on the output grid
         # The whole batch trains the generator on HQ targets with the positive embedding.
-        # k extra samples train ONLY the negative embedding (autograd.grad w.r.t. prompt_neg)
-        # towards blurred targets, so the UNet never learns to blur (which cost PSNR when the
-        # negative samples shared the generator update).
-        k = min(b, int(round(cfg.loss.neg_fraction * b))) if step >= cfg.loss.neg_start_step else 0
-        with acc.autocast():
-            y = model(x, unwrapped.prompt_pos.expand(b, -1, -1))
-        y = y.float()
-        yp, hp = y, hr
-        losses = {}
-        if cfg.loss.l1:
-            losses["l1"] = cfg.loss.l1 * l1_loss(y, hr)
-        if cfg.loss.mse:
-            losses["mse"] = cfg.loss.mse * F.mse_loss(y, hr)
-        if cfg.loss.psnr:
-            losses["psnr"] = cfg.loss.psnr * neg_psnr_loss(y, hr)
-        if cfg.loss.psnr_y:
-            losses["psnr_y"] = cfg.loss.psnr_y * neg_psnr_y_loss(y, hr)
-        if cfg.loss.mfs:
-            losses["mfs"] = cfg.loss.mfs * masked_fourier_loss(yp, hp, half_width=cfg.loss.mfs_half_width)
-        if perceptual is not None:
-            losses["perceptual"] = cfg.loss.perceptual * perceptual(yp, hp).mean()
+        # k extra samples (the global batch's first k) train ONLY the negative embedding
+        # (autograd.grad w.r.t. prompt_neg) towards blurred targets, so the UNet never learns to
+        # blur (which cost PSNR when the negative samples shared the generator update).
+        k = min(bsz, int(round(cfg.loss.neg_fraction * bsz))) if step >= cfg.loss.neg_start_step else 0
         use_adv = cfg.loss.adversarial > 0 and step >= cfg.loss.adv_start_step
-        if use_adv:
-            d_in, _ = rand_pad(yp, gen)
-            losses["adv_g"] = cfg.loss.adversarial * generator_adv_loss(disc(d_in))
-        loss = sum(losses.values())
+        # the step's draws, in the order of a 1-pass step, for the whole global batch (same on every process)
+        pad_g = sample_rand_pad(gen) if use_adv else None
+        lo, hi = cfg.loss.neg_blur_sigma
+        sig = lo + (hi - lo) * torch.rand(k, generator=gen) if k else None
+        pad_real, pad_fake = (sample_rand_pad(gen), sample_rand_pad(gen)) if use_adv else (None, None)
+        split = shard.world_size * accum > 1  # is a forward pass a part of the global batch?
+
+        # -- generator: `accum` forward/backward passes, DDP's all-reduce on the last one only
         opt_g.zero_grad(set_to_none=True)
-        acc.backward(loss)
+        parts, fakes, g_neg = [], [], None
+        for a in range(accum):
+            part = BatchShard(shard.rank * accum + a, shard.world_size * accum, bsz)  # its items of the global batch
+            sl = slice(a * micro, (a + 1) * micro)
+            with acc.no_sync(model) if a < accum - 1 else nullcontext():
+                with acc.autocast():
+                    y = model(x[sl], unwrapped.prompt_pos.expand(micro, -1, -1))
+                y = y.float()
+                losses = generator_terms(cfg.loss, y, hr[sl], perceptual, disc if use_adv else None, pad_g)
+                loss = sum(losses.values())
+                acc.backward(loss / accum if accum > 1 else loss)
+            fakes.append(y.detach())
+            k_part = part.local_count(k)
+            if k_part:
+                blurred = gaussian_blur(hr[sl][:k_part], sig[part.start : part.start + k_part].to(hr.device),
+                                        blur_radius(sig))
+                with acc.autocast():  # the bare module: this forward is not one that DDP reduces
+                    y_neg = unwrapped(x[sl][:k_part], unwrapped.prompt_neg.expand(k_part, -1, -1)).float()
+                neg_loss = l1_loss(y_neg, blurred)
+                if split:  # this pass's share of the mean over the k samples
+                    neg_loss = neg_loss * (k_part / k)
+                (g,) = torch.autograd.grad(neg_loss, [unwrapped.prompt_neg])
+                g_neg = g if g_neg is None else g_neg + g
+                losses["neg_l1"] = neg_loss.detach()  # a share: summed over passes and processes in the log
+            elif k:
+                losses["neg_l1"] = torch.zeros((), device=hr.device)
+            parts.append({"loss": loss.detach(), **{n: v.detach() for n, v in losses.items()}})
         if k:
-            lo, hi = cfg.loss.neg_blur_sigma
-            sig = lo + (hi - lo) * torch.rand(k, generator=gen)
-            blurred = gaussian_blur(hr[:k], sig.to(hr.device))
-            with acc.autocast():
-                y_neg = model(x[:k], unwrapped.prompt_neg.expand(k, -1, -1)).float()
-            neg_loss = l1_loss(y_neg, blurred)
-            (g_neg,) = torch.autograd.grad(neg_loss, [unwrapped.prompt_neg])
-            unwrapped.prompt_neg.grad = g_neg
-            losses["neg_l1"] = neg_loss.detach()
+            unwrapped.prompt_neg.grad = sum_over_processes(acc, g_neg if g_neg is not None
+                                                          else torch.zeros_like(unwrapped.prompt_neg))
         if o.grad_clip:
             acc.clip_grad_norm_(model.parameters(), o.grad_clip)
         opt_g.step()
         scheds[0].step()
-        if use_adv:
-            real, _ = rand_pad(hp, gen)
-            fake, _ = rand_pad(yp.detach(), gen)
-            d_loss = discriminator_adv_loss(disc(real), disc(fake))
+        if use_adv:  # -- discriminator on the same passes
             opt_d.zero_grad(set_to_none=True)
-            acc.backward(d_loss)
+            for a in range(accum):
+                sl = slice(a * micro, (a + 1) * micro)
+                with acc.no_sync(disc) if a < accum - 1 else nullcontext():
+                    d_loss = discriminator_adv_loss(disc(pad_fixed(hr[sl], pad_real)), disc(pad_fixed(fakes[a], pad_fake)))
+                    acc.backward(d_loss / accum if accum > 1 else d_loss)
+                parts[a]["adv_d"] = d_loss.detach()
             opt_d.step()
             scheds[1].step()
-            losses["adv_d"] = d_loss
+        loss = parts[0]["loss"] if accum == 1 else sum(pt["loss"] for pt in parts) / accum
+        losses = parts[0] if accum == 1 else {n: sum(pt[n] for pt in parts) / (1 if n == "neg_l1" else accum)
+                                              for n in parts[0]}
+        losses.pop("loss")
         ema_update(ema, unwrapped, o.ema_decay)
         step += 1
         seen += b
         pbar.update(1)
+        if step % cfg.log_every == 0 or step == end:  # every process: the scalars are reduced over them
+            means = {"loss": loss.detach(), **{f"loss_{n}": v.detach() for n, v in losses.items() if n != "neg_l1"}}
+            scal = reduce_for_log(acc, means, {"loss_neg_l1": losses["neg_l1"]} if "neg_l1" in losses else {})
+            indices = gather_indices(acc, batch["index"])
         if acc.is_main_process and (step % cfg.log_every == 0 or step == end):
-            rec = {"kind": "train", "step": step, "loss": float(loss.detach()), "lr": scheds[0].get_last_lr()[0],
-                   "images_per_s": seen / (time.time() - t0), "scale": int(batch["scale"])}
-            rec.update({f"loss_{n}": float(v.detach()) for n, v in losses.items()})
+            lr_now = scheds[0].get_last_lr()[0]
+            rec = {"kind": "train", "step": step, "loss": scal["loss"], "lr": lr_now,
+                   "images_per_s": seen * shard.world_size / (time.time() - t0), "scale": int(batch["scale"])}
+            rec.update({f"loss_{n}": scal[f"loss_{n}"] for n in losses})
             log.write(rec)
-            pbar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+            metrics.write({"step": step, "loss": scal["loss"], "world_size": shard.world_size,
+                           "samples_seen": step * bsz, "lr": lr_now,
+                           **{k_: v for k_, v in rec.items() if k_.startswith("loss_")}, "rank_indices": indices})
+            pbar.set_postfix(loss=f"{scal['loss']:.4f}")
         if acc.is_main_process and val_pairs and (step % cfg.val_every == 0 or step == end):
             eval_model.load_state_dict({k: v.to(eval_model.prompt_pos.dtype) if v.is_floating_point() else v
                                         for k, v in ema.items()})
@@ -302,7 +378,8 @@ def train(cfg: PixelTrainConfig, resume: bool = True, stop_after: int | None = N
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", required=True, help="JSON file parsed into PixelTrainConfig")
-    ap.add_argument("--output-dir", help="override output_dir")
+    ap.add_argument("--out", "--output-dir", dest="output_dir",
+                    help="override output_dir (logs, metrics.jsonl, checkpoints)")
     ap.add_argument("--max-steps", type=int, help="override optim.max_steps")
     ap.add_argument("--stop-after", type=int, help="stop after this many more steps (for time-boxed sessions)")
     ap.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
@@ -314,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides["optim.max_steps"] = args.max_steps
     cfg = load_config(args.config, overrides)
     train(cfg, resume=not args.no_resume, stop_after=args.stop_after)
+    finish_distributed()
     return 0
 
 

@@ -59,6 +59,9 @@ first steps of the fresh heads). D reads every down block and the mid block (dep
 Run:  python -m trainers.train_stage2 --config trainers/configs/gendr_pix_s_detail.json [--vgg16 FILE]
 Resume is automatic from the newest checkpoint in ``output_dir`` (``--no-resume`` to restart;
 ``--stop-after N`` for time-boxed sessions). Export with ``python -m trainers.export OUTPUT_DIR -o m.safetensors``.
+Distributed: ``torchrun --nproc_per_node N -m trainers.train_stage2 ... --out DIR``; ``data.batch_size`` is the
+global batch, split evenly over the processes, and every process draws the RandPad offsets of the whole global
+batch (the same stream) and applies its slice's, so N processes train as one does (trainers/README.md).
 """
 
 from __future__ import annotations
@@ -94,20 +97,30 @@ from gendr_core.losses import (
 )
 from gendr_core.models import GenDRPix
 from gendr_core.models.discriminators import DiscriminatorHeads, FrozenGeneratorFeatures, rand_pad_per_sample
+from gendr_core.ops.padding import Pad, pad_fixed, sample_rand_pad
 from gendr_core.ops.resize import resize
 from trainers.loop import (
+    METRICS_FILE,
+    BatchShard,
     DataConfig,
     JsonlLog,
     OptimConfig,
     StepBatchSampler,
+    batch_shard,
+    check_accumulation,
     ema_update,
+    finish_distributed,
+    gather_indices,
     load_init_weights,
     load_val_set,
     make_schedulers,
     plot_curves,
+    reduce_for_log,
+    refuse_deepspeed,
     resume_from_latest,
     save_checkpoint,
     setup_accelerator,
+    step_generator,
     validate,
 )
 from trainers.loop import load_config as load_config_as
@@ -171,6 +184,7 @@ class Stage2Config(JSONConfig):
     seed: int = 0
     mixed_precision: str = "no"  # "no" | "bf16" | "fp16"
     gradient_checkpointing: bool = False
+    gradient_accumulation_steps: int = 1  # forward/backward passes per optimiser step, each of batch/(processes x this)
     threads: int = 0
     log_every: int = 10
     val_every: int = 200
@@ -181,6 +195,7 @@ class Stage2Config(JSONConfig):
         if not self.init_from:
             raise ConfigError("init_from is required: the student starts from the previous stage's model file "
                               "(Alg. 1: psi <- theta), e.g. gendr_core/assets/gendr-pix-s.safetensors")
+        check_accumulation(self.gradient_accumulation_steps, self.data.batch_size)
         if self.teacher and self.targets:
             raise ConfigError(f"give either 'teacher' (online, {self.teacher}) or 'targets' (shards, {self.targets}), "
                               "not both")
@@ -222,10 +237,18 @@ def resolve_config(cfg: Stage2Config) -> Stage2Config:
 # ----------------------------------------------------------------------------- helpers
 
 
-def step_generator(seed: int, step: int) -> torch.Generator:
-    """RandPad generator of one step: a pure function of (seed, step), so a resumed run draws the
-    same pads as an uninterrupted one."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+def rand_pad_shard(x: torch.Tensor, gen: torch.Generator,
+                   shard: BatchShard | None = None) -> tuple[torch.Tensor, list[Pad]]:
+    """RandPad per sample (``rand_pad_per_sample``) of this process's slice ``x`` of a global batch:
+    the offsets of the whole global batch are drawn (the same stream on every process) and the
+    slice's are applied, so a distributed step pads each item as a 1-process step does. Without a
+    shard (or with one process) this is ``rand_pad_per_sample(x, gen)``."""
+    if shard is None or shard.world_size == 1:
+        return rand_pad_per_sample(x, gen)
+    pads = [sample_rand_pad(gen) for _ in range(shard.global_batch)][shard.start : shard.start + shard.size]
+    if len(pads) != x.shape[0]:
+        raise ConfigError(f"batch slice of {x.shape[0]} items for a shard of {shard.size}")
+    return torch.cat([pad_fixed(x[i : i + 1], p, "reflect") for i, p in enumerate(pads)]), pads
 
 
 @contextmanager
@@ -291,14 +314,16 @@ def build_dataset(cfg: Stage2Config):
 
 
 def discriminator_loss(features: FrozenGeneratorFeatures, heads: nn.Module, x_h: torch.Tensor, x_g: torch.Tensor,
-                       gen: torch.Generator, autocast=nullcontext) -> tuple[torch.Tensor, dict[str, float]]:
+                       gen: torch.Generator, autocast=nullcontext,
+                       shard: BatchShard | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """L_phi of Alg. 1 Stage II (Eq. 4, second line):
     ``sp[-h(sg[d(randpad(x_h))])] + sp[h(sg[d(randpad(sg[x_g]))])]``, every term averaged over the
     heads. The features are computed without a graph (sg), real and fake in one pass, each sample
-    with its own RandPad offsets. Returns (loss, {"d_real", "d_fake"}: mean logits)."""
+    with its own RandPad offsets (:func:`rand_pad_shard`: a slice of a global batch with ``shard``).
+    Returns (loss, {"d_real", "d_fake"}: mean logits)."""
     b = x_h.shape[0]
-    real, _ = rand_pad_per_sample(x_h, gen)
-    fake, _ = rand_pad_per_sample(x_g.detach(), gen)
+    real, _ = rand_pad_shard(x_h, gen, shard)
+    fake, _ = rand_pad_shard(x_g.detach(), gen, shard)
     with torch.no_grad(), autocast():
         feats = features(torch.cat([real, fake]))
     with autocast():
@@ -311,7 +336,7 @@ def discriminator_loss(features: FrozenGeneratorFeatures, heads: nn.Module, x_h:
 
 def generator_losses(loss: Stage2LossConfig, x_g: torch.Tensor, x_r: torch.Tensor, features: FrozenGeneratorFeatures,
                      heads: nn.Module, gen: torch.Generator, perceptual: nn.Module | None = None, use_adv: bool = True,
-                     autocast=nullcontext) -> dict[str, torch.Tensor]:
+                     autocast=nullcontext, shard: BatchShard | None = None) -> dict[str, torch.Tensor]:
     """The weighted terms of L_psi (Alg. 1 Stage II):
     ``|x_r - x_g|_1 + l1 sp[-h_sg[phi](d(randpad(x_g)))] + l2 L_P(x_r, x_g) + l3 L_F(x_r, x_g)``.
 
@@ -336,7 +361,7 @@ def generator_losses(loss: Stage2LossConfig, x_g: torch.Tensor, x_r: torch.Tenso
                     f_r = features(x_r)
             out["perceptual"] = loss.perceptual * feature_matching_loss(f_g, f_r)
     if use_adv and loss.adversarial:
-        g_in = rand_pad_per_sample(x_g, gen)[0] if loss.randpad_generator else x_g
+        g_in = rand_pad_shard(x_g, gen, shard)[0] if loss.randpad_generator else x_g
         with held_fixed(heads), autocast():
             logits = heads(features(g_in))
         out["adv_g"] = loss.adversarial * generator_adv_loss([m.float() for m in logits])
@@ -360,6 +385,10 @@ def train(cfg: Stage2Config, resume: bool = True, stop_after: int | None = None)
     _, acc = setup_accelerator(out, cfg.mixed_precision, cfg.threads, cfg.seed)
     cfg = resolve_config(cfg)
     dev = acc.device
+    bsz = cfg.data.batch_size  # the global batch
+    shard = batch_shard(acc, bsz)  # this process's slice of it
+    check_accumulation(cfg.gradient_accumulation_steps, bsz, shard.world_size)
+    refuse_deepspeed(acc, "train_stage2")
 
     # -- student G_psi (psi <- theta), EMA; PadCFG's negative embedding stays frozen
     model = GenDRPix(cfg.model)
@@ -386,13 +415,12 @@ def train(cfg: Stage2Config, resume: bool = True, stop_after: int | None = None)
     unwrapped, heads_raw = acc.unwrap_model(model), acc.unwrap_model(heads)
 
     # -- resume
-    log = JsonlLog(out / "train_log.jsonl")
+    log, metrics = JsonlLog(out / "train_log.jsonl"), JsonlLog(out / METRICS_FILE)
     step, ema = resume_from_latest(acc, out, log, ema, resume)
     end = o.max_steps if stop_after is None else min(o.max_steps, step + stop_after)
 
     # -- data
-    bsz = cfg.data.batch_size
-    dl = torch.utils.data.DataLoader(build_dataset(cfg), batch_sampler=StepBatchSampler(bsz, step, end),
+    dl = torch.utils.data.DataLoader(build_dataset(cfg), batch_sampler=StepBatchSampler(bsz, step, end, shard),
                                      num_workers=cfg.data.num_workers, collate_fn=collate_with_targets,
                                      persistent_workers=cfg.data.num_workers > 0)
     val_pairs, val_teacher_out = [], None
@@ -423,6 +451,8 @@ def train(cfg: Stage2Config, resume: bool = True, stop_after: int | None = None)
                     cfg.loss.randpad_generator)
 
     scheds = make_schedulers(opt_g, opt_d, o, step, cfg.loss.adv_start_step)
+    accum = cfg.gradient_accumulation_steps
+    micro = shard.size // accum  # items per forward pass
     pbar = tqdm(total=end, initial=step, disable=not acc.is_main_process, desc="stage2", dynamic_ncols=True)
     t0, seen = time.time(), 0
     for batch in dl:
@@ -444,26 +474,62 @@ def train(cfg: Stage2Config, resume: bool = True, stop_after: int | None = None)
             raise ConfigError(f"teacher target of shape {tuple(x_r.shape)} does not match the HR crop "
                               f"{tuple(hr.shape)} (data.crop_size={cfg.data.crop_size}, scale {batch['scale']})")
         gen = step_generator(cfg.seed, step)
-        with acc.autocast():
-            x_g = model(x, unwrapped.prompt_pos.expand(b, -1, -1))
-        x_g = x_g.float()
         stats: dict[str, float] = {}
-        # -- D step first (Alg. 1 updates phi, then psi)
         use_adv = cfg.loss.adversarial > 0 and step >= cfg.loss.adv_start_step
-        if use_adv:
-            d_loss, stats = discriminator_loss(features, heads, hr, x_g, gen, acc.autocast)
-            opt_d.zero_grad(set_to_none=True)
-            acc.backward(d_loss)
-            opt_d.step()
-            scheds[1].step()
-            opt_d.zero_grad(set_to_none=True)
-        # -- G step with the updated, fixed heads
-        losses = generator_losses(cfg.loss, x_g, x_r, features, heads_raw, gen, perceptual, use_adv, acc.autocast)
-        if use_adv:
-            losses["adv_d"] = d_loss.detach()
-        loss = sum(v for k, v in losses.items() if k != "adv_d")
-        opt_g.zero_grad(set_to_none=True)
-        acc.backward(loss)
+        if accum == 1:
+            with acc.autocast():
+                x_g = model(x, unwrapped.prompt_pos.expand(b, -1, -1))
+            x_g = x_g.float()
+            # -- D step first (Alg. 1 updates phi, then psi)
+            if use_adv:
+                d_loss, stats = discriminator_loss(features, heads, hr, x_g, gen, acc.autocast, shard)
+                opt_d.zero_grad(set_to_none=True)
+                acc.backward(d_loss)
+                opt_d.step()
+                scheds[1].step()
+                opt_d.zero_grad(set_to_none=True)
+            # -- G step with the updated, fixed heads
+            losses = generator_losses(cfg.loss, x_g, x_r, features, heads_raw, gen, perceptual, use_adv, acc.autocast,
+                                      shard)
+            if use_adv:
+                losses["adv_d"] = d_loss.detach()
+            loss = sum(v for k, v in losses.items() if k != "adv_d")
+            opt_g.zero_grad(set_to_none=True)
+            acc.backward(loss)
+        else:  # `accum` passes; each pass draws from the same generator state, slicing the global batch's pads
+            passes = [slice(a * micro, (a + 1) * micro) for a in range(accum)]
+            parts = [BatchShard(shard.rank * accum + a, shard.world_size * accum, bsz) for a in range(accum)]
+            with torch.no_grad(), acc.autocast():  # sg[x_g] for the D step; the G step recomputes it with a graph
+                x_g = torch.cat([model(x[sl], unwrapped.prompt_pos.expand(micro, -1, -1)) for sl in passes]).float()
+            if use_adv:
+                opt_d.zero_grad(set_to_none=True)
+                state, d_parts = gen.get_state(), []
+                for a, sl in enumerate(passes):
+                    gen.set_state(state)
+                    with acc.no_sync(heads) if a < accum - 1 else nullcontext():
+                        d_a, st_a = discriminator_loss(features, heads, hr[sl], x_g[sl], gen, acc.autocast, parts[a])
+                        acc.backward(d_a / accum)
+                    d_parts.append((d_a.detach(), st_a))
+                opt_d.step()
+                scheds[1].step()
+                opt_d.zero_grad(set_to_none=True)
+                d_loss = sum(d for d, _ in d_parts) / accum
+                stats = {k: sum(st[k] for _, st in d_parts) / accum for k in d_parts[0][1]}
+            opt_g.zero_grad(set_to_none=True)
+            state, g_parts = gen.get_state(), []
+            for a, sl in enumerate(passes):
+                gen.set_state(state)
+                with acc.no_sync(model) if a < accum - 1 else nullcontext():
+                    with acc.autocast():
+                        x_g_a = model(x[sl], unwrapped.prompt_pos.expand(micro, -1, -1))
+                    terms = generator_losses(cfg.loss, x_g_a.float(), x_r[sl], features, heads_raw, gen, perceptual,
+                                             use_adv, acc.autocast, parts[a])
+                    acc.backward(sum(terms.values()) / accum)
+                g_parts.append({k: v.detach() for k, v in terms.items()})
+            losses = {k: sum(pt[k] for pt in g_parts) / accum for k in g_parts[0]}
+            loss = sum(losses.values())
+            if use_adv:
+                losses["adv_d"] = d_loss
         if o.grad_clip:
             acc.clip_grad_norm_(model.parameters(), o.grad_clip)
         opt_g.step()
@@ -473,12 +539,19 @@ def train(cfg: Stage2Config, resume: bool = True, stop_after: int | None = None)
         seen += b
         pbar.update(1)
 
+        if step % cfg.log_every == 0 or step == end:  # every process: the scalars are mean-reduced over them
+            scal = reduce_for_log(acc, {"loss": loss.detach(), "l1_hr": (x_g.detach() - hr).abs().mean(), **stats,
+                                        **{f"loss_{n}": v.detach() for n, v in losses.items()}})
+            indices = gather_indices(acc, batch["index"])
         if acc.is_main_process and (step % cfg.log_every == 0 or step == end):
-            rec = {"kind": "train", "step": step, "loss": float(loss.detach()), "lr": scheds[0].get_last_lr()[0],
-                   "images_per_s": seen / (time.time() - t0), "scale": int(batch["scale"]),
-                   "l1_hr": float((x_g.detach() - hr).abs().mean()), **stats}
-            rec.update({f"loss_{n}": float(v.detach()) for n, v in losses.items()})
+            lr_now = scheds[0].get_last_lr()[0]
+            rec = {"kind": "train", "step": step, "loss": scal["loss"], "lr": lr_now,
+                   "images_per_s": seen * shard.world_size / (time.time() - t0), "scale": int(batch["scale"]),
+                   **{k: v for k, v in scal.items() if k != "loss"}}
             log.write(rec)
+            metrics.write({"step": step, "loss": scal["loss"], "world_size": shard.world_size,
+                           "samples_seen": step * bsz, "lr": lr_now,
+                           **{k: v for k, v in scal.items() if k.startswith("loss_")}, "rank_indices": indices})
             pbar.set_postfix(loss=f"{rec['loss']:.4f}")
         if acc.is_main_process and val_pairs and (step % cfg.val_every == 0 or step == end):
             eval_model.load_state_dict({k: v.to(eval_model.prompt_pos.dtype) if v.is_floating_point() else v
@@ -501,7 +574,8 @@ def train(cfg: Stage2Config, resume: bool = True, stop_after: int | None = None)
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", required=True, help="JSON file parsed into Stage2Config")
-    ap.add_argument("--output-dir", help="override output_dir")
+    ap.add_argument("--out", "--output-dir", dest="output_dir",
+                    help="override output_dir (logs, metrics.jsonl, checkpoints)")
     ap.add_argument("--max-steps", type=int, help="override optim.max_steps")
     ap.add_argument("--stop-after", type=int, help="stop after this many more steps (for time-boxed sessions)")
     ap.add_argument("--vgg16", help="local ImageNet VGG16 weights: the perceptual term becomes DISTS (loss.vgg16)")
@@ -522,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides.update(teacher=args.teacher, targets=None)
     cfg = load_config(args.config, overrides)
     train(cfg, resume=not args.no_resume, stop_after=args.stop_after)
+    finish_distributed()
     return 0
 
 
