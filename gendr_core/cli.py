@@ -16,7 +16,8 @@ from pathlib import Path
 from .checkpoint import CONFIG_KEY, DEFAULT_MODEL, FIXMOD_CONFIG_KEY, SHIPPED_MODELS
 from .errors import GenDRPixError
 from .ops.guidance import ENSEMBLE_SIZES
-from .pipeline import FIXMOD_MODES
+from .validation import parse_pad_text
+from .pipeline import FIXMOD_MODES, TILING
 
 logger = logging.getLogger("gendr_pix")
 
@@ -66,15 +67,94 @@ def _tile_arg(value: str) -> int | str:
         raise argparse.ArgumentTypeError(f"--tile must be 'auto', 'off' or a size in pixels, got {value!r}") from None
 
 
+FLAG_NAMES = {"guidance": "--guidance", "branch_mode": "--branch-mode", "randpad": "--passes",
+              "ensemble": "--flips", "seed": "--seed", "overlap": "--tile-overlap", "tile": "--tile-size",
+              "pos_pad": "--positive-pad", "neg_pad": "--negative-pad"}
+DEPRECATED_FLAGS = {"tile": "--tiling/--tile-size", "overlap": "--tile-overlap", "randpad": "--passes",
+                    "ensemble": "--flips"}
+
+
+def restore_options(args: argparse.Namespace) -> dict:
+    """The upscale() keywords of the parsed flags; the deprecated flags map onto the new ones."""
+    for old, new in DEPRECATED_FLAGS.items():
+        if getattr(args, old) is not None:
+            sys.stderr.write(f"gendr-pix: warning: --{old} is deprecated; use {new}\n")
+    tiling, tile_size = args.tiling, args.tile_size
+    if args.tile is not None:
+        if tiling is not None or tile_size is not None:
+            raise GenDRPixError("give --tiling/--tile-size or the deprecated --tile, not both")
+        tiling, tile_size = (args.tile, None) if args.tile in ("auto", "off") else ("fixed", args.tile)
+    if tile_size is not None and tiling is None:
+        tiling = "fixed"  # --tile-size alone means tiles of that size
+    pick = {}
+    for new, old, default in (("tile_overlap", "overlap", 64), ("passes", "randpad", 0), ("flips", "ensemble", 1)):
+        a, b = getattr(args, new), getattr(args, old)
+        if a is not None and b is not None:
+            raise GenDRPixError(f"give --{new.replace('_', '-')} or the deprecated --{old}, not both")
+        pick[new] = a if a is not None else b if b is not None else default
+    return {"tiling": tiling or "auto", "tile_size": 512 if tile_size is None else tile_size,
+            "positive_pad": parse_pad_text(args.positive_pad, "--positive-pad"),
+            "negative_pad": parse_pad_text(args.negative_pad, "--negative-pad"),
+            "branch_mode": args.branch_mode, "seed": args.seed, **pick}
+
+
+def load_embedding(path: str, flag: str):
+    """A prompt embedding (1, tokens, dim) from a .safetensors file (its one tensor, or 'embedding')."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{flag} {path}: file not found")
+    try:
+        tensors = load_file(path)
+    except (SafetensorError, OSError) as exc:
+        raise GenDRPixError(f"{flag} {path}: not a readable .safetensors file ({exc})") from None
+    if "embedding" in tensors:
+        emb = tensors["embedding"]
+    elif len(tensors) == 1:
+        emb = next(iter(tensors.values()))
+    else:
+        raise GenDRPixError(f"{flag} {path}: {len(tensors)} tensors ({', '.join(sorted(tensors)[:5])}); "
+                            "name the embedding 'embedding'")
+    if emb.ndim == 2:
+        emb = emb[None]
+    if emb.ndim != 3 or emb.shape[0] != 1:
+        raise GenDRPixError(f"{flag} {path}: the embedding has shape {tuple(emb.shape)}; expected (tokens, dim) "
+                            "or (1, tokens, dim)")
+    return emb.float()
+
+
+def check_device(device: str | None) -> None:
+    """One clear line for a CUDA device this machine does not have."""
+    import torch
+
+    if device is None or not device.startswith("cuda"):
+        return
+    if not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, but no GPU is visible"
+        raise GenDRPixError(f"--device {device}: no CUDA device is available (torch {torch.__version__} is {build}); "
+                            "use --device cpu, or install a CUDA build of PyTorch")
+    index = int(device.split(":", 1)[1]) if ":" in device and device.split(":", 1)[1].isdigit() else 0
+    if index >= torch.cuda.device_count():
+        raise GenDRPixError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                            f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+
+
 def cmd_upscale(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .checkpoint import load_model
-    from .imageio import load_image, save_image_atomic, tensor_to_pil
-    from .pipeline import upscale
+    from .imageio import load_image, save_image
+    from .ops.resize import resize
+    from .pipeline import check_upscale_options, resolve_post_fix, upscale
+    from .validation import check_float
 
+    scale = check_float("--scale", args.scale, 0.0, None, low_open=True)
+    if args.color_fix is not None:
+        check_float("--color-fix", args.color_fix, 0.0, 1.0)
+    check_device(args.device)
     files = _collect_inputs(args.inputs)
-    outs = _plan_outputs(files, args.output, args.scale, args.format)
+    outs = _plan_outputs(files, args.output, scale, args.format)
     if not args.overwrite:
         exist = [o for o in outs if o.exists()]
         if exist:
@@ -82,10 +162,15 @@ def cmd_upscale(args: argparse.Namespace) -> int:
                                 + "; pass --overwrite to replace it")
     if len(set(outs)) != len(outs):
         raise GenDRPixError("two inputs map to the same output name; use separate output folders")
+    restore = restore_options(args)
     model = load_model(args.model, device=args.device, dtype=args.dtype)
-    from .pipeline import resolve_post_fix
-
-    fix, strength = resolve_post_fix(model, args.fixmod, args.color_fix)  # bad choices fail before any image
+    guidance = model.config.default_guidance if args.guidance is None else args.guidance
+    check_upscale_options(model, guidance, names=FLAG_NAMES, **restore)  # bad values fail before any image
+    given = {f: load_embedding(getattr(args, f), f"--{f}") for f in ("positive", "negative") if getattr(args, f)}
+    if given:  # checked against the model's width before any image
+        pos, neg = model.resolve_embeddings(given.get("positive"), given.get("negative"))
+        restore |= {k: v for k, v in (("positive", pos), ("negative", neg)) if k in given}
+    fix, strength = resolve_post_fix(model, args.fixmod, args.color_fix)
     logger.info("model %s (%s) on %s; post-fix %s%s", getattr(model, "source_path", args.model), model.kind,
                 model.device, fix, f" at strength {strength:g}" if fix != "off" else "")
     bar = tqdm(total=len(files), unit="img", desc="upscale", disable=args.quiet)
@@ -98,18 +183,19 @@ def cmd_upscale(args: argparse.Namespace) -> int:
             _t.n = done
             _t.refresh()
 
-        y = upscale(x, model, scale=args.scale, guidance=args.guidance, fixmod=args.fixmod, color_fix=args.color_fix,
-                    tile=args.tile, overlap=args.overlap, branch_mode=args.branch_mode, randpad=args.randpad,
-                    ensemble=args.ensemble, seed=args.seed, progress=progress)
-        tiles.close()
+        try:  # output_copies: the HWC float and integer arrays save_image makes
+            y = upscale(x, model, scale=scale, guidance=guidance, fixmod=args.fixmod, color_fix=args.color_fix,
+                        progress=progress, output_copies=2, **restore)
+        except GenDRPixError as exc:
+            raise type(exc)(f"{src}: {exc}") from None
+        finally:
+            tiles.close()
         if alpha is not None:
-            from .ops.resize import resize
-
             alpha = resize(alpha, tuple(y.shape[-2:]), "bicubic")
-        save_image_atomic(tensor_to_pil(y, alpha, info), dst)
+        save_image(dst, y, alpha, info)
         bar.update(1)
         if not args.quiet:
-            bar.write(f"{src} -> {dst} ({y.shape[-1]}x{y.shape[-2]})")
+            bar.write(f"{src} -> {dst} ({y.shape[-1]}x{y.shape[-2]}{', 16-bit' if info.sixteen_bit else ''})")
     bar.close()
     return 0
 
@@ -162,14 +248,36 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--scale", type=float, default=4.0, help="output/input size ratio, any value > 0 (default 4)")
     up.add_argument("--guidance", type=float, default=None,
                     help="PadCFG scale w; 1.0 = one pass, no CFG (default: the model's own default)")
-    up.add_argument("--tile", type=_tile_arg, default="auto", help="'auto' (default), 'off', or tile size in px")
-    up.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels (default 64)")
+    up.add_argument("--tiling", choices=TILING, default=None,
+                    help="'auto' (default): the whole image when the memory estimate fits, else the largest tile "
+                         "that does; 'off': never tile; 'fixed': tiles of --tile-size")
+    up.add_argument("--tile-size", type=int, default=None, metavar="N",
+                    help="tile side in output pixels for --tiling fixed (default 512; rounded down to the model's "
+                         "pad multiple, see 'gendr-pix inspect')")
+    up.add_argument("--tile-overlap", type=int, default=None, metavar="N",
+                    help="overlap between tiles in output pixels, smaller than the tile (default 64)")
+    up.add_argument("--positive-pad", default="auto", metavar="L,R,T,B",
+                    help="PadCFG pad of the positive branch in pixels, or 'auto' (the model's own, e.g. 4,4,4,4)")
+    up.add_argument("--negative-pad", default="auto", metavar="L,R,T,B",
+                    help="PadCFG pad of the negative branch, or 'auto' (the model's own, e.g. 3,5,3,5)")
+    up.add_argument("--positive", default=None, metavar="FILE",
+                    help="prompt embedding replacing the model's positive one: a .safetensors file with one tensor "
+                         "(or one named 'embedding') of shape (tokens, dim) or (1, tokens, dim)")
+    up.add_argument("--negative", default=None, metavar="FILE",
+                    help="the same for the negative branch (used when --guidance != 1)")
     up.add_argument("--branch-mode", choices=("batched", "sequential"), default="batched",
                     help="run the two PadCFG branches in one batch (faster) or one after the other (less memory)")
-    up.add_argument("--randpad", type=int, default=0, help="RandPad self-ensemble passes (Eq. 6); 0 = off")
-    up.add_argument("--seed", type=int, default=0, help="seed for --randpad offsets")
-    up.add_argument("--ensemble", type=int, default=1, choices=ENSEMBLE_SIZES,
-                    help="flip/transpose self-ensemble: average 1 (off), 2, 4 or 8 passes (n x the time)")
+    up.add_argument("--passes", type=int, default=None, metavar="N",
+                    help="RandPad ensemble: average N runs with random pad offsets (Eq. 6; needs --guidance 1); "
+                         "0 = off (default)")
+    up.add_argument("--seed", type=int, default=0, help="seed of the RandPad offsets")
+    up.add_argument("--flips", type=int, default=None, choices=ENSEMBLE_SIZES,
+                    help="flip/transpose self-ensemble: average 1 (off, default), 2, 4 or 8 runs (n x the time)")
+    # the names before the shared vocabulary: still accepted, with a warning
+    up.add_argument("--tile", type=_tile_arg, default=None, help="deprecated: use --tiling and --tile-size")
+    up.add_argument("--overlap", type=int, default=None, help="deprecated: use --tile-overlap")
+    up.add_argument("--randpad", type=int, default=None, help="deprecated: use --passes")
+    up.add_argument("--ensemble", type=int, default=None, choices=ENSEMBLE_SIZES, help="deprecated: use --flips")
     up.add_argument("--fixmod", choices=FIXMOD_MODES, default="auto",
                     help="post-fix after stitching (GenDR-Pix A.1): 'learned' = the model file's FixMod network "
                          "then its wavelet color fix; 'wavelet' = the wavelet color fix alone; 'off'; 'auto' "

@@ -5,6 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from .memory import load_cached
+from .messages import node_errors
 from .paths import SHIPPED_MODELS, model_choices, model_fingerprint, resolve_model
 from .types import GenDRPixModel
 
@@ -30,8 +31,9 @@ class GenDRPixLoader(io.ComfyNode):
                                        "set in extra_model_paths.yaml). A file with a learned FixMod carries it "
                                        "along for the FixMod option of the other nodes."),
                 io.Combo.Input("dtype", options=DTYPES, default="auto",
-                               tooltip="Weight precision. auto: bf16 on GPUs that support it (else fp16), fp32 on "
-                                       "CPU. fp16/bf16 halve memory; fp32 is the slowest but exact."),
+                               tooltip="Weight precision. auto picks the fastest for the device: fp32 on CPU "
+                                       "(CPUs run fp16/bf16 many times slower), bf16 on GPUs that support it, else "
+                                       "fp16. fp16/bf16 halve the memory; fp32 is exact."),
             ],
             outputs=[GenDRPixModel.Output("model", display_name="model",
                                           tooltip="The loaded model, for the sampler and post-process nodes.")],
@@ -43,4 +45,5 @@ class GenDRPixLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model_name: str, dtype: str) -> io.NodeOutput:
-        return io.NodeOutput(load_cached(resolve_model(model_name), dtype))
+        with node_errors("GenDR-Pix Model Loader"):
+            return io.NodeOutput(load_cached(resolve_model(model_name), dtype))

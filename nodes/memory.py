@@ -53,7 +53,8 @@ def load_cached(path: Path, dtype: str) -> OneStepRestorer:
     t0 = time.perf_counter()
     model = load_model(path, device=offload, dtype=dt)
     stats["disk_loads"] += 1
-    logger.info("GenDR-Pix: loaded %s model %s from disk in %.2fs (%s)", model.kind, path.name,
+    # gendr_core's loader already logs the load at INFO; one line per load, not two
+    logger.debug("GenDR-Pix: loaded %s model %s from disk in %.2fs (%s)", model.kind, path.name,
                 time.perf_counter() - t0, dt)
     _CACHE[key] = model
     while len(_CACHE) > MAX_CACHED:

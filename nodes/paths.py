@@ -10,21 +10,79 @@ when the package was installed without its asset.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import struct
 from pathlib import Path
 
 import folder_paths
 
-from ..gendr_core.checkpoint import BUILTIN_MODELS, SHIPPED_MODELS
+from ..gendr_core.checkpoint import BUILTIN_MODELS, KIND_KEY, SHIPPED_MODELS
+
+logger = logging.getLogger(__name__)
 
 FOLDER = "gendr_pix"
 EXTENSIONS = (".safetensors",)
+README_NAME = "README.txt"
+README_TEXT = """\
+GenDR-Pix model folder (created by the ComfyUI-GenDR-Pix node pack).
+
+Put GenDR-Pix, GenDR or DFOSD model files (.safetensors) exported by the GenDR-Pix project here;
+subfolders are fine. They appear in the "GenDR-Pix Model Loader" node after a refresh (press R in
+the browser). The model shipped with the pack (gendr-pix-s) needs no file here.
+
+Only .safetensors files that carry GenDR-Pix metadata are listed; other .safetensors files
+(e.g. Stable Diffusion checkpoints or LoRAs) are skipped. Pickle files (.pt, .pth, .ckpt) are never
+loaded; convert them with the gendr-pix command line tool (gendr-pix convert).
+"""
+MAX_HEADER = 64 << 20  # a safetensors JSON header is far smaller; larger means not safetensors
+_HEADER_CACHE: dict[tuple[str, int, int], bool] = {}
 
 
 def register_model_folder() -> None:
-    """Add ``models/gendr_pix`` to ComfyUI's registry (idempotent)."""
-    folder_paths.add_model_folder_path(FOLDER, os.path.join(folder_paths.models_dir, FOLDER))
+    """Add ``models/gendr_pix`` to ComfyUI's registry (idempotent) and create it, with a README.txt
+    saying what goes there, on first start."""
+    default = os.path.join(folder_paths.models_dir, FOLDER)
+    folder_paths.add_model_folder_path(FOLDER, default)
     folder_paths.folder_names_and_paths[FOLDER][1].update(EXTENSIONS)
+    try:
+        os.makedirs(default, exist_ok=True)
+        readme = os.path.join(default, README_NAME)
+        if not os.path.exists(readme):
+            with open(readme, "w", encoding="utf-8") as f:
+                f.write(README_TEXT)
+    except OSError as exc:  # a read-only install still works with the shipped model
+        logger.warning("GenDR-Pix: could not create the model folder %s: %s", default, exc)
+
+
+def is_model_file(path: str | os.PathLike) -> bool:
+    """Whether a .safetensors file carries our metadata, read from its JSON header only (cached
+    by modification time and size)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    if key not in _HEADER_CACHE:
+        _HEADER_CACHE[key] = _has_kind(path)
+    return _HEADER_CACHE[key]
+
+
+def _has_kind(path: str | os.PathLike) -> bool:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            if len(raw) != 8:
+                return False
+            (n,) = struct.unpack("<Q", raw)
+            if n > MAX_HEADER:
+                return False
+            header = json.loads(f.read(n))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return isinstance(meta, dict) and KIND_KEY in meta
 
 
 def shipped_choices(files: list[str] | None = None) -> list[str]:
@@ -42,9 +100,12 @@ def model_choices() -> list[str]:
     A ``<shipped name>.safetensors`` file that stands in for a missing asset is listed once, under
     the shipped name (both entries would load the same file)."""
     register_model_folder()
-    files = folder_paths.get_filename_list(FOLDER)
+    files = [f for f in folder_paths.get_filename_list(FOLDER) if f.lower().endswith(EXTENSIONS)]
+    models = [f for f in files if is_model_file(folder_paths.get_full_path(FOLDER, f) or "")]
+    if len(models) < len(files):
+        logger.debug("GenDR-Pix: not listing %s (no GenDR-Pix metadata)", sorted(set(files) - set(models)))
     standins = {f"{name}.safetensors" for name in SHIPPED_MODELS if not BUILTIN_MODELS[name].is_file()}
-    return shipped_choices(files) + [f for f in files if f not in standins]
+    return shipped_choices(models) + [f for f in models if f not in standins]
 
 
 def resolve_model(name: str) -> Path:
@@ -75,5 +136,5 @@ def model_fingerprint(name: str) -> str:
     return f"{path}:{st.st_mtime_ns}:{st.st_size}"
 
 
-__all__ = ["FOLDER", "SHIPPED_MODELS", "model_choices", "model_fingerprint",
+__all__ = ["FOLDER", "SHIPPED_MODELS", "is_model_file", "model_choices", "model_fingerprint",
            "register_model_folder", "resolve_model", "shipped_choices"]

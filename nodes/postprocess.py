@@ -10,8 +10,9 @@ from torch import Tensor
 
 from ..gendr_core.models import OneStepRestorer
 from ..gendr_core.ops.guidance import ENSEMBLE_SIZES
-from ..gendr_core.pipeline import FIXMOD_MODES, post_fix, resolve_post_fix, upscale
+from ..gendr_core.pipeline import FIXMOD_MODES, check_upscale_options, post_fix, resolve_post_fix, upscale
 from .memory import model_on_device, work_bytes
+from .messages import node_errors
 from .progress import comfy_progress
 from .tensors import bchw_to_bhwc, bhwc_to_bchw, match_reference, split_alpha, upscale_mask
 from .types import GenDRPixModel
@@ -59,12 +60,16 @@ class GenDRPixRandPad(io.ComfyNode):
     def execute(cls, image: Tensor, model: OneStepRestorer, scale: float, passes: int, seed: int, tiling: str,
                 tile_size: int, tile_overlap: int, flips: str = "1", fixmod: str = "auto",
                 mask: Tensor | None = None) -> io.NodeOutput:
-        rgb, alpha_mask = split_alpha(image)
-        x = bhwc_to_bchw(rgb)  # (B,H,W,3) -> (B,3,H,W)
-        tile = tile_arg(tiling, tile_size)
-        with model_on_device(model, work_bytes(model, x.shape[-2:], x.shape[0], scale, 1, tile)):
-            y = upscale(x, model, scale, 1.0, randpad=passes, ensemble=int(flips), seed=seed, tile=tile,
-                        overlap=tile_overlap, fixmod=fixmod, progress=comfy_progress())
+        with node_errors("GenDR-Pix RandPad Ensemble"):
+            rgb, alpha_mask = split_alpha(image)
+            x = bhwc_to_bchw(rgb)  # (B,H,W,3) -> (B,3,H,W)
+            opts = dict(passes=passes, flips=int(flips), seed=seed, tiling=tiling, tile_size=tile_size,
+                        tile_overlap=tile_overlap)
+            check_upscale_options(model, **opts)  # every value, before any work
+            tile = tile_arg(tiling, tile_size)
+            with model_on_device(model, work_bytes(model, x.shape[-2:], x.shape[0], scale, 1, tile)):
+                y = upscale(x, model, scale, 1.0, fixmod=fixmod, progress=comfy_progress(), output_copies=1,
+                            interrupt=mm.throw_exception_if_processing_interrupted, **opts)
         out = bchw_to_bhwc(y).to(mm.intermediate_device())  # (B,3,H,W) -> (B,H,W,3)
         out_mask = upscale_mask(mask if mask is not None else alpha_mask, out.shape[1:3], out.shape[0])
         return io.NodeOutput(out, out_mask.to(out.device))
@@ -120,7 +125,8 @@ class GenDRPixFixMod(io.ComfyNode):
     @classmethod
     def execute(cls, image: Tensor, reference: Tensor, strength: float, mode: str = "auto",
                 model: OneStepRestorer | None = None) -> io.NodeOutput:
-        y = bhwc_to_bchw(split_alpha(image)[0])  # (B,H,W,3) -> (B,3,H,W)
-        ref = match_reference(bhwc_to_bchw(split_alpha(reference)[0]), y)
-        out = fixmod(y, ref, strength, model, mode).clamp(0.0, 1.0)
+        with node_errors("GenDR-Pix FixMod"):
+            y = bhwc_to_bchw(split_alpha(image)[0])  # (B,H,W,3) -> (B,3,H,W)
+            ref = match_reference(bhwc_to_bchw(split_alpha(reference)[0]), y)
+            out = fixmod(y, ref, strength, model, mode).clamp(0.0, 1.0)
         return io.NodeOutput(bchw_to_bhwc(out).to(mm.intermediate_device()))

@@ -3,8 +3,10 @@
 Each call updates a ``comfy.utils.ProgressBar`` (the UI bar of the running node) and then
 checks the Cancel button. ComfyUI's own progress hook already raises on Cancel; the explicit
 check keeps long loops interruptible when no hook is installed (e.g. a headless runner).
-Raising ``InterruptProcessingException`` from inside gendr_core's tile loop stops the run
-after the tile (or PadCFG branch / RandPad pass) that just finished.
+gendr_core reports after every UNet block of every pass (``gendr_core.progress``), so the
+bar moves during a single whole-image pass; the nodes also pass ComfyUI's interrupt check as
+``interrupt=``, which gendr_core calls after every convolution inside the pass, so Cancel
+stops a run within one convolution.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ..gendr_core.ops.resize import resize
+from ..gendr_core.validation import parse_pad_text
 
 logger = logging.getLogger(__name__)
 
@@ -70,11 +71,24 @@ def upscale_mask(mask: Tensor | None, size: tuple[int, int], batch: int) -> Tens
     return m.expand(batch, *size).contiguous() if m.shape[0] == 1 else m
 
 
+def same_aspect(small: tuple[int, int], big: tuple[int, int]) -> bool:
+    """Whether (H, W) ``big`` can be ``small`` scaled by one factor, each side rounded to whole pixels."""
+    (h, w), (bh, bw) = small, big
+    return (bh - 0.5) / h <= (bw + 0.5) / w and (bw - 0.5) / w <= (bh + 0.5) / h
+
+
 def match_reference(reference: Tensor, content: Tensor) -> Tensor:
-    """Resize a (B or 1,3,h,w) reference to the (B,3,H,W) content grid (bicubic) and batch."""
+    """Resize a (B or 1,3,h,w) reference to the (B,3,H,W) content grid (bicubic) and batch.
+
+    A reference of another aspect ratio is refused: stretching it would move every colour the
+    fix takes from it."""
     b = content.shape[0]
     if reference.shape[0] not in (1, b):
         raise ValueError(f"reference batch {reference.shape[0]} does not match the image batch {b}")
+    (h, w), (ch, cw) = reference.shape[-2:], content.shape[-2:]
+    if not same_aspect((h, w), (ch, cw)):
+        raise ValueError(f"reference is {w}x{h} but image is {cw}x{ch}, another aspect ratio; connect the input "
+                         "the image was restored from, or crop the reference to the image's aspect ratio first")
     ref = resize(reference.to(content.device), tuple(content.shape[-2:]), "bicubic")
     return ref.expand(b, *ref.shape[1:]) if ref.shape[0] == 1 else ref
 
@@ -101,16 +115,5 @@ def conditioning_embedding(cond: Any, name: str, batch: int) -> Tensor | None:
 
 
 def parse_pad(text: str, name: str) -> tuple[int, int, int, int] | None:
-    """'auto' -> None (the model's own pads); 'l,r,t,b' -> four non-negative ints."""
-    text = text.strip().lower()
-    if text in ("", "auto"):
-        return None
-    parts = [p for p in text.replace(" ", ",").split(",") if p]
-    try:
-        pad = tuple(int(p) for p in parts)
-    except ValueError:
-        pad = ()
-    if len(pad) != 4 or min(pad) < 0:
-        raise ValueError(f"{name}={text!r}: expected 'auto' or four non-negative integers "
-                         "'left,right,top,bottom', e.g. '4,4,4,4'")
-    return pad  # type: ignore[return-value]
+    """'auto' -> None (the model's own pads); 'l,r,t,b' -> four non-negative ints (ValueError otherwise)."""
+    return parse_pad_text(text, name)

@@ -7,8 +7,9 @@ from comfy_api.latest import io
 from torch import Tensor
 
 from ..gendr_core.models import OneStepRestorer
-from ..gendr_core.pipeline import FIXMOD_MODES, upscale
+from ..gendr_core.pipeline import FIXMOD_MODES, check_upscale_options, upscale
 from .memory import model_on_device, work_bytes
+from .messages import node_errors
 from .progress import comfy_progress
 from .tensors import bchw_to_bhwc, bhwc_to_bchw, conditioning_embedding, parse_pad, split_alpha, upscale_mask
 from .types import GenDRPixModel
@@ -24,11 +25,12 @@ def tiling_inputs() -> list[io.Input]:
                        tooltip="auto: the whole image when the memory estimate fits, else the largest tile that "
                                "does (halved again on out-of-memory). off: never tile. fixed: tiles of tile_size."),
         io.Int.Input("tile_size", default=512, min=64, max=8192, step=64,
-                     tooltip="Tile side in output pixels when tiling is 'fixed' (rounded down to the model's pad "
-                             "multiple, 64 for GenDR-Pix)."),
+                     tooltip="Tile side in output pixels when tiling is 'fixed', rounded down to the model's pad "
+                             "multiple (its unshuffle factor x the UNet's downsampling: 32 for gendr-pix-s, 64 for "
+                             "an x8 GenDR-Pix; 'gendr-pix inspect' prints it)."),
         io.Int.Input("tile_overlap", default=64, min=0, max=1024, step=8,
-                     tooltip="Overlap between tiles in output pixels, blended with a smooth ramp; must be smaller "
-                             "than the tile. Used by 'auto' and 'fixed'."),
+                     tooltip="Overlap between tiles in output pixels, blended with a smooth ramp. Rounded up to "
+                             "the pad multiple, it must stay smaller than the tile. Used by 'auto' and 'fixed'."),
     ]
 
 
@@ -109,16 +111,20 @@ class GenDRPixPadCFGSampler(io.ComfyNode):
                 negative_pad: str, branch_mode: str, tiling: str, tile_size: int, tile_overlap: int,
                 fixmod: str = "auto", positive: list | None = None, negative: list | None = None,
                 mask: Tensor | None = None) -> io.NodeOutput:
-        rgb, alpha_mask = split_alpha(image)
-        x = bhwc_to_bchw(rgb)  # (B,H,W,3) -> (B,3,H,W)
-        cond = {"positive": conditioning_embedding(positive, "positive", x.shape[0]),
-                "negative": conditioning_embedding(negative, "negative", x.shape[0])}
-        passes = 2 if guidance != 1.0 and branch_mode == "batched" else 1
-        tile = tile_arg(tiling, tile_size)
-        with model_on_device(model, work_bytes(model, x.shape[-2:], x.shape[0], scale, passes, tile)):
-            y = upscale(x, model, scale, guidance, pos_pad=parse_pad(positive_pad, "positive_pad"),
-                        neg_pad=parse_pad(negative_pad, "negative_pad"), branch_mode=branch_mode, tile=tile,
-                        overlap=tile_overlap, fixmod=fixmod, progress=comfy_progress(), **cond)
+        with node_errors("GenDR-Pix PadCFG Sampler"):
+            rgb, alpha_mask = split_alpha(image)
+            x = bhwc_to_bchw(rgb)  # (B,H,W,3) -> (B,3,H,W)
+            cond = {"positive": conditioning_embedding(positive, "positive", x.shape[0]),
+                    "negative": conditioning_embedding(negative, "negative", x.shape[0])}
+            tile = tile_arg(tiling, tile_size)
+            opts = dict(positive_pad=parse_pad(positive_pad, "positive_pad"), branch_mode=branch_mode, tiling=tiling,
+                        negative_pad=parse_pad(negative_pad, "negative_pad"), tile_size=tile_size,
+                        tile_overlap=tile_overlap)
+            checked = check_upscale_options(model, guidance, **opts)  # every value, before any work
+            with model_on_device(model, work_bytes(model, x.shape[-2:], x.shape[0], scale, checked["passes"], tile)):
+                y = upscale(x, model, scale, guidance, fixmod=fixmod, progress=comfy_progress(), output_copies=1,
+                            interrupt=mm.throw_exception_if_processing_interrupted,
+                            **opts, **cond)
         out = bchw_to_bhwc(y).to(mm.intermediate_device())  # (B,3,H,W) -> (B,H,W,3)
         out_mask = upscale_mask(mask if mask is not None else alpha_mask, out.shape[1:3], out.shape[0])
         return io.NodeOutput(out, out_mask.to(out.device))

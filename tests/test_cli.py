@@ -138,11 +138,94 @@ def test_inspect_shows_fixmod(fixmod_file, model_file, capsys):
     assert "fixmod:      none" in capsys.readouterr().out
 
 
-def test_model_help_lists_the_shipped_models(capsys):
+def test_model_help_lists_the_shipped_models(capsys, monkeypatch):
     from gendr_core.checkpoint import DEFAULT_MODEL, SHIPPED_MODELS
+
+    monkeypatch.setenv("COLUMNS", "400")  # argparse wraps at hyphens: keep names such as gendr-pix-s-detail whole
 
     with pytest.raises(SystemExit):
         main(["upscale", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert f"({', '.join(SHIPPED_MODELS)}; default {DEFAULT_MODEL})" in text
     assert "--fixmod {auto,off,wavelet,learned}" in text
+
+
+# ----------------------------------------------------------------------------- one clear line for bad requests
+
+
+def _png_with_declared_size(path: Path, width: int, height: int) -> Path:
+    """A tiny valid PNG whose IHDR then claims ``width`` x ``height`` (CRC fixed up): a decompression bomb header."""
+    import struct
+    import zlib
+
+    Image.new("RGB", (4, 4)).save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = bytes(data[12:16]) + struct.pack(">II", width, height) + bytes(data[24:29])
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(ihdr) & 0xFFFFFFFF)
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("flags, line", [
+    (["--guidance", "nan"], "gendr-pix: error: --guidance=nan must be a finite number in [0, 10]"),
+    (["--scale", "inf"], "gendr-pix: error: --scale=inf must be a finite number > 0"),
+    (["--scale", "-1"], "gendr-pix: error: --scale=-1.0 is out of range: it must be > 0"),
+    (["--color-fix", "nan"], "gendr-pix: error: --color-fix=nan must be a finite number in [0, 1]"),
+    (["--tile-overlap", "-8"], "gendr-pix: error: --tile-overlap=-8 is out of range: it must be >= 0"),
+    (["--tiling", "fixed", "--tile-size", "8"], "gendr-pix: error: --tile-size=8 is too small: a tile must be "
+                                                "'auto', 'off' or at least the model's pad multiple 16 pixels"),
+    (["--tile-size", "64", "--tile-overlap", "64"], "gendr-pix: error: --tile-overlap=64 must be smaller than "
+                                                    "--tile-size=64 (both aligned to the model's pad multiple 16: "
+                                                    "tile 64); allowed --tile-overlap: 0..48"),
+    (["--passes", "-2"], "gendr-pix: error: --passes=-2 is out of range: it must be in [0, 64]"),
+    (["--negative-pad", "9,0,0,0", "--guidance", "1.5"], "gendr-pix: error: --negative-pad=(9, 0, 0, 0): "
+                                                         "--negative-pad left=9 is out of range: it must be in "
+                                                         "[0, 8]; a pad side never needs more than the model's "
+                                                         "period 8 (see README, PadCFG)"),
+    (["--seed", "-1"], f"gendr-pix: error: --seed=-1 is out of range: it must be in [0, {2**64 - 1}]"),
+])
+def test_numeric_flags_reject_nan_inf_and_range_naming_the_flag(tmp_path, model_file, capsys, flags, line):
+    rc = main(["upscale", str(FIXTURES / "kodim23_crop96.png"), "-o", str(tmp_path / "x.png"), "--model", model_file,
+               "-q", *flags])
+    assert rc == 2 and capsys.readouterr().err == line + "\n" and not (tmp_path / "x.png").exists()
+
+
+def test_decompression_bomb_header_is_one_line(tmp_path, model_file, capsys):
+    bomb = _png_with_declared_size(tmp_path / "bomb.png", 100_000, 100_000)
+    rc = main(["upscale", str(bomb), "-o", str(tmp_path / "x.png"), "--model", model_file, "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"gendr-pix: error: {bomb}: its header declares more than ") and "refusing" in err
+
+
+def test_cuda_device_without_cuda_is_one_line(tmp_path, model_file, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    rc = main(["upscale", str(FIXTURES / "kodim23_crop96.png"), "-o", str(tmp_path / "x.png"), "--model", model_file,
+               "--device", "cuda", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert err.startswith("gendr-pix: error: --device cuda: no CUDA device is available") and "--device cpu" in err
+
+
+def test_a_request_bigger_than_the_machine_is_refused_with_what_it_needs(tmp_path, model_file, capsys, monkeypatch):
+    monkeypatch.setattr("gendr_core.pipeline.available_memory", lambda device: 8 << 30)  # 8 GiB free
+    src = tmp_path / "small.png"
+    Image.new("RGB", (32, 24), (120, 80, 40)).save(src)
+    rc = main(["upscale", str(src), "-o", str(tmp_path / "x.png"), "--model", model_file, "--scale", "1000", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and not (tmp_path / "x.png").exists()
+    assert err.startswith(f"gendr-pix: error: {src}: a 32000x24000 output (batch 1) needs about ")
+    assert "but only 8.0 GiB is free; use a smaller scale (at most " in err
+
+
+def test_exif_orientation_is_honoured(tmp_path, model_file):
+    src = tmp_path / "phone.jpg"
+    img = Image.new("RGB", (32, 16), (200, 30, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown rotated 90 degrees clockwise: portrait
+    img.save(src, exif=exif.tobytes())
+    out = tmp_path / "up.png"
+    assert main(["upscale", str(src), "-o", str(out), "--model", model_file, "--scale", "2", "-q"]) == 0
+    assert Image.open(out).size == (32, 64)

@@ -183,7 +183,8 @@ def test_builtin_name_falls_back_to_model_folder(pack, core, monkeypatch, tmp_pa
     assert paths.model_choices().count("gendr-pix-s") == 1 and "gendr-pix-s.safetensors" not in paths.model_choices()
     shipped = save_tiny(core, tmp_path / "assets" / "gendr-pix-s.safetensors")
     assert paths.resolve_model("gendr-pix-s") == shipped  # the shipped asset wins when present
-    assert paths.model_choices()[:1] == ["gendr-pix-s"] and "gendr-pix-s.safetensors" in paths.model_choices()
+    # listed among the shipped names (whichever shipped model is the default), the stand-in as a file again
+    assert "gendr-pix-s" in paths.shipped_choices() and "gendr-pix-s.safetensors" in paths.model_choices()
 
 
 def test_loader_lists_the_shipped_models_that_exist_in_tuple_order(pack, core, monkeypatch, tmp_path):
@@ -282,7 +283,8 @@ def test_sampler_rejects_bad_pads_at_validation(nodes, model, pad):
 
 
 def test_sampler_rejects_overlap_not_below_fixed_tile(nodes, model):
-    with pytest.raises(ValueError, match="overlap=64 must be smaller than tile=64"):
+    with pytest.raises(ValueError, match=r"^GenDR-Pix PadCFG Sampler: tile_overlap=64 must be smaller than "
+                                         r"tile_size=64 .*; allowed tile_overlap: 0\.\.48$"):
         comfy_stub.execute_node(nodes["GenDRPixPadCFGSampler"], **sampler_inputs(
             rand_image(1, 48, 48, 3), model, tiling="fixed", tile_size=64, tile_overlap=64))
     with pytest.raises(ValueError, match="tile_size: 32 smaller than min 64"):
@@ -354,26 +356,30 @@ def test_tiled_run_reports_every_tile_and_stops_within_one(nodes, model):
     image = rand_image(1, 64, 64, 3)  # -> 128x128, tile 64 / overlap 16 -> 3x3 tiles
     kw = sampler_inputs(image, model, tiling="fixed", tile_size=64, tile_overlap=16)
     comfy_stub.execute_node(nodes["GenDRPixPadCFGSampler"], **kw)
-    assert [(v, t) for _, v, t in comfy.utils.PROGRESS_EVENTS] == [(i, 9) for i in range(1, 10)]
+    blocks = 5  # the tiny UNet: 2 down, mid, 2 up; one progress step per block of every tile
+    assert [(v, t) for _, v, t in comfy.utils.PROGRESS_EVENTS] == [(i, 9 * blocks) for i in range(1, 9 * blocks + 1)]
 
     comfy.utils.PROGRESS_EVENTS.clear()
     tiles_run = []
     real = model.predict
     model.predict = lambda x, c: (tiles_run.append(1), real(x, c))[1]
-    comfy.utils.ON_PROGRESS = lambda n: mm.interrupt_current_processing() if n == 3 else None  # Cancel during tile 4
+    # Cancel pressed after the first block of tile 4: the next convolution stops the run
+    comfy.utils.ON_PROGRESS = lambda n: mm.interrupt_current_processing() if n == 3 * blocks + 1 else None
     try:
         with pytest.raises(mm.InterruptProcessingException):
             comfy_stub.execute_node(nodes["GenDRPixPadCFGSampler"], **kw)
     finally:
         del model.predict
-    assert len(tiles_run) == 3 and not mm.processing_interrupted()
+    assert len(tiles_run) == 4 and len(comfy.utils.PROGRESS_EVENTS) == 3 * blocks + 1
+    assert not mm.processing_interrupted()
     assert model.device == mm.unet_offload_device()  # offloaded even when interrupted
+    assert all(not m._forward_hooks for m in model.modules())  # no hook left behind
 
 
 def test_sequential_branches_report_progress_and_interrupt(nodes, model):
     kw = sampler_inputs(rand_image(1, 16, 16, 3), model, guidance=1.8, branch_mode="sequential")
     comfy_stub.execute_node(nodes["GenDRPixPadCFGSampler"], **kw)
-    assert [(v, t) for _, v, t in comfy.utils.PROGRESS_EVENTS] == [(1, 2), (2, 2)]
+    assert [(v, t) for _, v, t in comfy.utils.PROGRESS_EVENTS] == [(i, 10) for i in range(1, 11)]  # 2 x 5 blocks
     calls = []
     real = model.predict
     model.predict = lambda x, c: (calls.append(1), real(x, c))[1]
@@ -407,8 +413,8 @@ def test_randpad_is_seeded_eq6_ensemble_with_progress(nodes, core, model):
     cls = nodes["GenDRPixRandPad"]
     out, mask = comfy_stub.execute_node(cls, **randpad_inputs(image, model)).args
     assert out.shape == (2, 32, 32, 3) and 0 <= out.min() and out.max() <= 1 and mask.shape == (2, 32, 32)
-    assert [(v, t) for _, v, t in comfy.utils.PROGRESS_EVENTS] == [(1, 3), (2, 3), (3, 3)]
-    ref = core.upscale(image.movedim(-1, 1), model, 2.0, 1.0, randpad=3, seed=7, tile="off").movedim(1, -1)
+    assert [(v, t) for _, v, t in comfy.utils.PROGRESS_EVENTS] == [(i, 15) for i in range(1, 16)]  # 3 x 5 blocks
+    ref = core.upscale(image.movedim(-1, 1), model, 2.0, 1.0, passes=3, seed=7, tiling="off").movedim(1, -1)
     assert torch.equal(out, ref)
     assert torch.equal(comfy_stub.execute_node(cls, **randpad_inputs(image, model)).args[0], out)
     other = comfy_stub.execute_node(cls, **randpad_inputs(image, model, seed=8)).args[0]
@@ -420,8 +426,8 @@ def test_randpad_is_seeded_eq6_ensemble_with_progress(nodes, core, model):
 def test_randpad_node_flips_run_the_geometric_ensemble(nodes, core, model):
     image = rand_image(1, 16, 24, 3)
     out = comfy_stub.execute_node(nodes["GenDRPixRandPad"], **randpad_inputs(image, model, passes=2, flips="4")).args[0]
-    assert [(v, t) for _, v, t in comfy.utils.PROGRESS_EVENTS] == [(1, 4), (2, 4), (3, 4), (4, 4)]
-    ref = core.upscale(image.movedim(-1, 1), model, 2.0, 1.0, randpad=2, ensemble=4, seed=7, tile="off")
+    assert [(v, t) for _, v, t in comfy.utils.PROGRESS_EVENTS] == [(i, 40) for i in range(1, 41)]  # 4 x 2 x 5
+    ref = core.upscale(image.movedim(-1, 1), model, 2.0, 1.0, passes=2, flips=4, seed=7, tiling="off")
     assert out.shape == (1, 32, 48, 3) and torch.equal(out, ref.movedim(1, -1))
     flips = comfy_stub.object_info(nodes["GenDRPixRandPad"])["input"]["required"]["flips"]
     assert flips[0] == "COMBO" and flips[1]["options"] == ["1", "2", "4", "8"]
@@ -461,9 +467,9 @@ def test_fixmod_wavelet_strength_and_reference_batch(nodes, core, model):
     assert torch.equal(comfy_stub.execute_node(cls, **fixmod_inputs(restored, lr, mode="wavelet"), model=model).args[0],
                        full)
     assert torch.equal(comfy_stub.execute_node(cls, **fixmod_inputs(restored, lr, mode="off")).args[0], restored)
-    with pytest.raises(core.errors.ConfigError, match=r"tiny\.safetensors has no learned FixMod"):
+    with pytest.raises(ValueError, match=r"^GenDR-Pix FixMod: .*tiny\.safetensors has no learned FixMod"):
         comfy_stub.execute_node(cls, **fixmod_inputs(restored, lr, mode="learned"), model=model)
-    with pytest.raises(core.errors.ConfigError, match="none was given"):
+    with pytest.raises(ValueError, match="none was given"):
         comfy_stub.execute_node(cls, **fixmod_inputs(restored, lr, mode="learned"))
     with pytest.raises(ValueError, match="max"):
         comfy_stub.execute_node(cls, **fixmod_inputs(restored, lr, strength=1.5))
@@ -544,3 +550,121 @@ def test_tile_count_matches_tiled_apply_and_rejects_wide_overlap(core):
         assert tile_count(h, w, tile, overlap, align) == len(calls) == calls[-1]
     with pytest.raises(ValueError, match="overlap=64 must be smaller than tile=64"):
         tile_count(1000, 1000, 64, 64, 16)  # would otherwise never finish
+
+
+# ----------------------------------------------------------------------------- messages for the artist
+
+
+def test_pad_beyond_the_model_period_is_refused_naming_only_that_input(nodes, model):
+    cls = nodes["GenDRPixPadCFGSampler"]
+    calls = []
+    real = model.predict
+    model.predict = lambda x, c: (calls.append(1), real(x, c))[1]
+    try:
+        with pytest.raises(ValueError) as info:
+            comfy_stub.execute_node(cls, **sampler_inputs(rand_image(1, 8, 8, 3), model, guidance=1.5,
+                                                          negative_pad="9999,0,0,0"))
+    finally:
+        del model.predict
+    assert type(info.value) is ValueError and calls == []  # refused before the model ran
+    assert str(info.value) == ("GenDR-Pix PadCFG Sampler: negative_pad=(9999, 0, 0, 0): negative_pad left=9999 is "
+                               "out of range: it must be in [0, 8]; a pad side never needs more than the model's "
+                               "period 8 (see README, PadCFG)")
+    msg = cls.validate_inputs(positive_pad="auto", negative_pad="1,2")
+    assert msg.startswith("negative_pad='1,2'") and "positive_pad" not in msg
+
+
+@pytest.mark.parametrize("over, needle", [
+    ({"scale": float("nan")}, "GenDR-Pix PadCFG Sampler: scale=nan must be a finite number > 0"),
+    ({"guidance": float("nan")}, "GenDR-Pix PadCFG Sampler: guidance=nan must be a finite number in [0, 10]"),
+])
+def test_nan_and_inf_widget_values_are_refused_by_name(nodes, model, over, needle):
+    # ComfyUI's own min/max check lets NaN through (every comparison with NaN is False)
+    with pytest.raises(ValueError) as info:
+        comfy_stub.execute_node(nodes["GenDRPixPadCFGSampler"], **sampler_inputs(rand_image(1, 8, 8, 3), model, **over))
+    assert str(info.value) == needle and type(info.value) is ValueError
+
+
+def test_errors_shown_in_comfyui_carry_no_module_path_and_no_developer_hint(nodes, core, pack):
+    folder = Path(folder_paths.models_dir) / "gendr_pix"
+    folder.mkdir(parents=True, exist_ok=True)
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(folder / "lora.safetensors"))  # a safetensors file without our metadata
+    with pytest.raises(ValueError) as info:  # e.g. queued through the API with a name the list does not offer
+        pack.nodes.loader.GenDRPixLoader.execute(model_name="lora.safetensors", dtype="fp32")
+    text = str(info.value)
+    assert type(info.value) is ValueError and text.startswith("GenDR-Pix Model Loader: ")
+    assert "this file is not a GenDR-Pix model" in text and "trainers" not in text and "python -m" not in text
+    assert isinstance(info.value.__cause__, core.errors.CheckpointFormatError)  # the detail stays in the log
+
+
+def test_model_folder_is_created_with_a_readme_and_lists_only_model_files(pack, core):
+    folder = Path(folder_paths.models_dir) / "gendr_pix"
+    assert not folder.exists()
+    asyncio.run(pack.comfy_entrypoint())
+    assert (folder / "README.txt").read_text().startswith("GenDR-Pix model folder")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(folder / "sd_lora.safetensors"))
+    (folder / "broken.safetensors").write_bytes(b"\xff" * 20)
+    save_tiny(core, folder / "mine.safetensors")
+    choices = pack.nodes.paths.model_choices()
+    assert choices == pack.nodes.paths.shipped_choices() + ["mine.safetensors"]
+    assert pack.nodes.paths.is_model_file(folder / "mine.safetensors")
+    assert not pack.nodes.paths.is_model_file(folder / "sd_lora.safetensors")
+    (folder / "README.txt").write_text("my own notes")
+    pack.nodes.paths.register_model_folder()
+    assert (folder / "README.txt").read_text() == "my own notes"  # never overwritten
+
+
+def test_a_load_is_logged_once(nodes, model_file, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        comfy_stub.execute_node(nodes["GenDRPixLoader"], model_name="tiny.safetensors", dtype="fp32")
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO and "tiny.safetensors" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("loaded gendr_pix model from ")
+
+
+def test_a_job_bigger_than_the_machine_is_refused_in_the_node(nodes, pack, model, monkeypatch):
+    monkeypatch.setattr(pack.gendr_core.pipeline, "available_memory", lambda device: 16 << 20)
+    with pytest.raises(ValueError) as info:
+        comfy_stub.execute_node(nodes["GenDRPixPadCFGSampler"], **sampler_inputs(rand_image(1, 64, 64, 3), model,
+                                                                                 scale=16.0))
+    text = str(info.value)
+    assert text.startswith("GenDR-Pix PadCFG Sampler: a 1024x1024 output (batch 1) needs about ")
+    assert "use a smaller scale (at most" in text and model.device == mm.unet_offload_device()
+
+
+def test_fixmod_refuses_a_reference_of_another_aspect_ratio(nodes):
+    cls = nodes["GenDRPixFixMod"]
+    restored = rand_image(1, 64, 64, 3)
+    with pytest.raises(ValueError, match=r"^GenDR-Pix FixMod: reference is 32x16 but image is 64x64, another aspect"):
+        comfy_stub.execute_node(cls, **fixmod_inputs(restored, rand_image(1, 16, 32, 3)))
+    ok = comfy_stub.execute_node(cls, **fixmod_inputs(rand_image(1, 76, 101, 3), rand_image(1, 19, 25, 3))).args[0]
+    assert ok.shape == (1, 76, 101, 3)  # 19x25 -> 76x101: one scale in [4.02, 4.026] up to whole-pixel rounding
+    with pytest.raises(ValueError, match="another aspect ratio"):  # 78x100: rows need >= 4.08, columns <= 4.02
+        comfy_stub.execute_node(cls, **fixmod_inputs(rand_image(1, 78, 100, 3), rand_image(1, 19, 25, 3)))
+
+
+
+def test_a_whole_image_pass_reports_per_block_and_cancel_stops_inside_it(nodes, model):
+    convs = [m for m in model.unet.modules() if isinstance(m, torch.nn.Conv2d)]
+    ran = []
+    hooks = [c.register_forward_hook(lambda m, a, o: ran.append(1)) for c in convs]
+    try:
+        kw = sampler_inputs(rand_image(1, 32, 32, 3), model)  # one whole-image pass
+        comfy_stub.execute_node(nodes["GenDRPixPadCFGSampler"], **kw)
+        full = len(ran)
+        assert [(v, t) for _, v, t in comfy.utils.PROGRESS_EVENTS] == [(i, 5) for i in range(1, 6)]
+        ran.clear()
+        comfy.utils.PROGRESS_EVENTS.clear()
+        comfy.utils.ON_PROGRESS = lambda n: mm.interrupt_current_processing()  # Cancel after the first block
+        with pytest.raises(mm.InterruptProcessingException):
+            comfy_stub.execute_node(nodes["GenDRPixPadCFGSampler"], **kw)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(comfy.utils.PROGRESS_EVENTS) == 1 and 0 < len(ran) < full  # stopped inside the pass
+    assert all(not m._forward_hooks for m in model.modules()) and model.device == mm.unet_offload_device()

@@ -203,5 +203,5 @@ def test_flip_ensemble_through_pipeline_matches_manual_mean(tiny_pix, gen):
         members.append(y.flip(-1) if k & 1 else y)
     torch.testing.assert_close(ens, (sum(members) / 8).clamp(0, 1), rtol=0, atol=1e-5)
     assert (members[0] - members[5]).abs().max() > 1e-4  # the passes differ, so the mean is not trivial
-    with pytest.raises(ValueError, match="ensemble=3"):
+    with pytest.raises(ValueError, match="flips=3"):
         upscale(x, tiny_pix, scale=2, ensemble=3)

@@ -49,8 +49,9 @@ def pad_cfg(
     our order an identity predictor returns ``x`` exactly for every ``w``. Fig. 11 also swaps
     the pads of the two branches relative to Eq. 7; we follow the equation (positive branch
     (4,4,4,4)). ``guidance == 1`` runs the positive branch only: the paper's no-CFG mode.
-    ``batched`` stacks both branches in one forward pass (faster, needs equal padded sizes,
-    else it falls back to sequential); otherwise they run one after the other (less memory).
+    ``batched`` stacks both branches in one forward pass (faster, needs equal padded sizes and
+    prompt embeddings of the same length, else it falls back to sequential); otherwise they run
+    one after the other (less memory).
     """
     if guidance == 1.0:
         y = run_padded(predict, x, cond_pos, pos_pad, multiple)
@@ -60,7 +61,7 @@ def pad_cfg(
     b = x.shape[0]
     xp_pos, pad_p = pad_to_multiple(x, multiple, Pad(*pos_pad))
     xp_neg, pad_n = pad_to_multiple(x, multiple, Pad(*neg_pad))
-    if batched and xp_pos.shape == xp_neg.shape:
+    if batched and xp_pos.shape == xp_neg.shape and cond_pos.shape[1:] == cond_neg.shape[1:]:
         cond = torch.cat([_expand(cond_pos, b), _expand(cond_neg, b)], dim=0)
         out = predict(torch.cat([xp_pos, xp_neg], dim=0), cond)  # (2B,3,H',W')
         y_pos, y_neg = crop(out[:b], pad_p), crop(out[b:], pad_n)
