@@ -232,3 +232,79 @@ def test_workflow_runs_on_a_tiny_builtin_model(path, ours, tmp_path, monkeypatch
     if path.stem != "gendr_pix_benchmark":
         shapes = {tuple(kw["images"].shape) for kw in sinks.values() if "images" in kw}
         assert (1, 96, 128, 3) in shapes  # 24x32 input, scale 4
+
+
+# ----------------------------------------------------------------------------- API format (Workflow -> Export (API))
+
+API_DIR = comfy_stub.REPO / "workflows" / "api"
+
+
+def ui_to_api(wf: dict, ours) -> dict:
+    """The API-format prompt ComfyUI's 'Export (API)' gives for a UI workflow: node id -> class_type and
+    inputs (widget values by name, links as [source id, output slot]); notes are dropped."""
+    links = {lid: (str(src), slot) for lid, src, slot, *_ in wf["links"]}
+    prompt = {}
+    for n in sorted(wf["nodes"], key=lambda n: n["id"]):
+        if n["type"] in VIRTUAL:
+            continue
+        _, _, widgets = node_spec(ours, n["type"])
+        inputs, _ = map_widgets(n, widgets)
+        for inp in n.get("inputs") or []:
+            if inp.get("link") is not None:
+                inputs[inp["name"]] = list(links[inp["link"]])
+        prompt[str(n["id"])] = {"class_type": n["type"], "inputs": inputs,
+                                "_meta": {"title": n.get("title") or n["type"]}}
+    return prompt
+
+
+def check_api_prompt(prompt: dict, ours) -> list[str]:
+    """Errors ComfyUI's /prompt validation would report for an API-format prompt of our nodes."""
+    errors = []
+    for nid, node in prompt.items():
+        t, inputs = node["class_type"], node["inputs"]
+        if t not in ours and t not in CORE:
+            errors.append(f"{nid}: unknown class_type {t}")
+            continue
+        sockets, _, _ = node_spec(ours, t)
+        types = dict((name, typ) for name, typ, _ in sockets)
+        for name, value in inputs.items():
+            if isinstance(value, list):
+                src = prompt.get(value[0])
+                if src is None:
+                    errors.append(f"{nid}.{name}: links to missing node {value[0]}")
+                    continue
+                out_type = node_spec(ours, src["class_type"])[1][value[1]][1]
+                if types.get(name) not in (out_type, "*"):
+                    errors.append(f"{nid}.{name}: gets {out_type}, expects {types.get(name)}")
+        if t in ours:
+            values = {k: (object() if isinstance(v, list) else v) for k, v in inputs.items()}
+            errors += [f"{nid}: {e}" for e in comfy_stub.validate_node_inputs(ours[t], values)]
+    return errors
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_api_format_workflow_ships_beside_each_ui_workflow(path, ours):
+    api = API_DIR / path.name
+    assert api.is_file(), f"workflows/api/{path.name} missing; regenerate: python tests/test_workflows.py --write-api"
+    prompt = json.loads(api.read_text())
+    assert prompt == ui_to_api(load(path), ours)  # the two formats never drift apart
+    assert check_api_prompt(prompt, ours) == []
+    assert "nodes" not in prompt and all("class_type" in v for v in prompt.values())
+
+
+def test_api_checker_catches_bad_values_and_links(ours):
+    prompt = json.loads((API_DIR / "gendr_pix_4k_restoration.json").read_text())
+    sampler = next(v for v in prompt.values() if v["class_type"] == "GenDRPixPadCFGSampler")
+    sampler["inputs"]["guidance"] = 9.0
+    sampler["inputs"]["model"] = [next(k for k, v in prompt.items() if v["class_type"] == "LoadImage"), 0]
+    errors = "\n".join(check_api_prompt(prompt, ours))
+    assert "guidance: 9.0 bigger than max 4.0" in errors and "model: gets IMAGE, expects GENDR_PIX_MODEL" in errors
+
+
+if __name__ == "__main__":  # python tests/test_workflows.py --write-api
+    if sys.argv[1:] == ["--write-api"]:
+        nodes_by_id = {c.GET_SCHEMA().node_id: c for c in comfy_stub.load_pack().nodes.NODES}
+        API_DIR.mkdir(exist_ok=True)
+        for p in WORKFLOWS:
+            (API_DIR / p.name).write_text(json.dumps(ui_to_api(load(p), nodes_by_id), indent=2) + "\n")
+            sys.stdout.write(f"wrote {API_DIR / p.name}\n")
