@@ -28,6 +28,9 @@ def artist_text(exc: BaseException) -> str:
     if isinstance(exc, CheckpointFormatError) and "not a GenDR-Pix model file" in text:
         name = text.split(": no '", 1)[0]
         return f"{name}: {NOT_A_MODEL}"
+    if "has no learned FixMod" in text:  # the library's hint names a training script
+        return text.split(" (no '", 1)[0] + ("; choose 'wavelet' or 'auto', or load a model file that has a "
+                                            "learned FixMod")
     return text
 
 

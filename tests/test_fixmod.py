@@ -153,7 +153,7 @@ def test_resolve_post_fix_table(models):
         resolve_post_fix(with_net, "off", 0.5)
     with pytest.raises(ValueError, match="fixmod='color' must be one of auto, off, wavelet, learned"):
         resolve_post_fix(plain, "color")
-    with pytest.raises(ValueError, match=r"color_fix=1.5 \(the FixMod strength\) must be in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"color_fix=1.5 is out of range: it must be in \[0, 1\]"):
         resolve_post_fix(plain, "wavelet", 1.5)
 
 

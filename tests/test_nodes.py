@@ -467,7 +467,9 @@ def test_fixmod_wavelet_strength_and_reference_batch(nodes, core, model):
     assert torch.equal(comfy_stub.execute_node(cls, **fixmod_inputs(restored, lr, mode="wavelet"), model=model).args[0],
                        full)
     assert torch.equal(comfy_stub.execute_node(cls, **fixmod_inputs(restored, lr, mode="off")).args[0], restored)
-    with pytest.raises(ValueError, match=r"^GenDR-Pix FixMod: .*tiny\.safetensors has no learned FixMod"):
+    with pytest.raises(ValueError, match=r"^GenDR-Pix FixMod: fixmod='learned': .*tiny\.safetensors has no learned "
+                                         r"FixMod; choose 'wavelet' or 'auto', or load a model file that has a "
+                                         r"learned FixMod$"):
         comfy_stub.execute_node(cls, **fixmod_inputs(restored, lr, mode="learned"), model=model)
     with pytest.raises(ValueError, match="none was given"):
         comfy_stub.execute_node(cls, **fixmod_inputs(restored, lr, mode="learned"))
