@@ -1,6 +1,6 @@
 """``gendr-pix bench``: seconds and peak memory of one-step upscaling per output size.
 
-Each row times ``upscale(x, model, scale, guidance, tile="off")`` on a random input of
+Each row times ``upscale(x, model, scale, guidance, tiling="off")`` on a random input of
 output/scale pixels (model load excluded, warm-up runs first) and records the peak memory:
 
 * CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` (set after the
@@ -546,7 +546,7 @@ def measure(job: dict[str, Any], memory: str) -> dict[str, Any]:
     times, y = [], None
     for i in range(job["warmup"] + job["repeats"]):
         t0 = time.perf_counter()
-        y = upscale(x, model, job["scale"], job["guidance"], tile="off", branch_mode=job["branch_mode"])
+        y = upscale(x, model, job["scale"], job["guidance"], tiling="off", branch_mode=job["branch_mode"])
         if cuda:
             torch.cuda.synchronize(device)
         if i >= job["warmup"]:
@@ -796,7 +796,7 @@ def run_benchmark(
     seed: int = 0,
     compare_models: Sequence[str] = (),
 ) -> BenchResult:
-    """Median/min seconds and peak memory of ``upscale(..., tile="off")`` per OUTPUT size (width, height).
+    """Median/min seconds and peak memory of ``upscale(..., tiling="off")`` per OUTPUT size (width, height).
 
     ``model_spec``: a model file, a built-in name, or ``random:<preset>`` (gendr-pix-sd21,
     gendr-pix-s, tiny, gendr-sd21, dfosd-sd21, tiny-gendr). ``unet_config`` replaces the UNet

@@ -300,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, module, helptext in (("bench", "bench", "time and peak memory per output size (+ GenDR comparison)"),
                                    ("convert", "formats", "convert SD2.1 / diffusers / VGG16 / ncnn Real-ESRGAN weights to .safetensors"),
-                                   ("eval", "evaluate", "PSNR/SSIM/NIQE on a folder of HR images vs bicubic")):
+                                   ("eval", "evaluate", "score models on HR folders: PSNR/SSIM-Y, NIQE, grid artifacts vs bicubic and --compare models")):
         add, run = _optional_command(module, f"add_{name}_arguments", f"run_{name}_command")
         if add is None or run is None:
             continue

@@ -25,12 +25,12 @@ logger = logging.getLogger(__name__)
 FOLDER = "gendr_pix"
 EXTENSIONS = (".safetensors",)
 README_NAME = "README.txt"
-README_TEXT = """\
+README_TEXT = f"""\
 GenDR-Pix model folder (created by the ComfyUI-GenDR-Pix node pack).
 
 Put GenDR-Pix, GenDR or DFOSD model files (.safetensors) exported by the GenDR-Pix project here;
 subfolders are fine. They appear in the "GenDR-Pix Model Loader" node after a refresh (press R in
-the browser). The model shipped with the pack (gendr-pix-s) needs no file here.
+the browser). The models shipped with the pack ({', '.join(SHIPPED_MODELS)}) need no file here.
 
 Only .safetensors files that carry GenDR-Pix metadata are listed; other .safetensors files
 (e.g. Stable Diffusion checkpoints or LoRAs) are skipped. Pickle files (.pt, .pth, .ckpt) are never
