@@ -266,14 +266,11 @@ class GenDRConfig(JSONConfig):
 
 
 def sd_alphas(timestep: int, beta_start: float = 0.00085, beta_end: float = 0.012) -> tuple[float, float]:
-    """(sqrt(abar_t), sqrt(1 - abar_t)) of SD2.1's scaled_linear 1000-step schedule."""
-    betas = [
-        (math.sqrt(beta_start) + (math.sqrt(beta_end) - math.sqrt(beta_start)) * i / 999) ** 2
-        for i in range(1000)
-    ]
-    abar = 1.0
-    for b in betas[: timestep + 1]:
-        abar *= 1.0 - b
+    """(sqrt(abar_t), sqrt(1 - abar_t)) of SD2.1's scaled_linear 1000-step schedule
+    (:func:`gendr_core.ops.diffusion.scaled_linear_alphas_cumprod`, the one definition)."""
+    from .ops.diffusion import scaled_linear_alphas_cumprod  # lazy: config stays import-light
+
+    abar = float(scaled_linear_alphas_cumprod(1000, beta_start, beta_end)[timestep])
     return math.sqrt(abar), math.sqrt(1.0 - abar)
 
 
