@@ -202,6 +202,26 @@ def test_generator_terms_are_the_weighted_losses():
     assert set(none) == {"l1", "mfs"}
 
 
+def test_feature_matching_with_randpad_pads_both_images_alike():
+    """loss.perceptual_randpad: L_P = FM(d(pad_p(x_g)), d(pad_p(x_r))) with the same Eq. 3 offsets p
+    for both images of a sample (drawn from the step generator), so identical images give exactly 0."""
+    from gendr_core.ops.padding import pad_fixed
+
+    _, features, heads, _, x_r, x_g = _step_parts()
+    cfg = s2.Stage2LossConfig(l1=0.0, mfs=0.0, adversarial=0.0, perceptual=1.0, perceptual_randpad=True)
+    with torch.no_grad():
+        got = s2.generator_losses(cfg, x_g, x_r, features, heads, s2.step_generator(5, 2), use_adv=False)
+        pads = s2.rand_pad_per_sample(x_g, s2.step_generator(5, 2))[1]
+        pad = lambda x: torch.cat([pad_fixed(x[i : i + 1], p, "reflect") for i, p in enumerate(pads)])  # noqa: E731
+        want = feature_matching_loss(features(pad(x_g)), features(pad(x_r)))
+        assert got["perceptual"].item() == pytest.approx(want.item(), rel=1e-6)
+        fixed = s2.generator_losses(dataclasses.replace(cfg, perceptual_randpad=False), x_g, x_r, features, heads,
+                                    s2.step_generator(5, 2), use_adv=False)
+        assert abs(fixed["perceptual"].item() - got["perceptual"].item()) > 1e-6  # a different phase, a different value
+        same = s2.generator_losses(cfg, x_r, x_r.clone(), features, heads, s2.step_generator(5, 2), use_adv=False)
+        assert same["perceptual"].item() == 0.0
+
+
 def test_dists_term_when_vgg16_is_given(tmp_path):
     from safetensors.torch import save_file
 

@@ -40,6 +40,11 @@ Readings where the paper is silent or ambiguous (each is a config key):
 * The PadCFG negative embedding (``prompt_neg``) stays as initialised (frozen): Stage II has no
   negative-prompt objective, and the pixel trainer's blurred-target re-fit would fight the
   detail this stage adds. The positive embedding trains with the UNet.
+* ``loss.perceptual_randpad`` (default false): the feature-matching L_P reads the backbone at one
+  fixed pixel-unshuffle phase, so the student can lower it with a pattern locked to that phase
+  (the 4-px checker of the first detail model). True pads x_g and x_r with the same RandPad
+  offsets per sample (Eq. 3, one draw for both, so the pair stays aligned) before the features,
+  the way D's inputs are; the term then cannot be fitted at a single phase.
 * The real input of D is x_h (Alg. 1: d_h = G_theta(x_h)), not the teacher output.
 * Scale of the feature-matching term: on gendr-pix-s (x4, 192-px crops, depths 1-5) its value is
   ~0.76 for the restored image vs HR (0.85 for unrelated images, 0.02 for HR + 1% noise) and its
@@ -144,6 +149,7 @@ class Stage2LossConfig(JSONConfig):
     vgg16: str | None = None  # local ImageNet VGG16 weights for DISTS
     adv_start_step: int = 0  # adversarial terms (G and D) from this step
     randpad_generator: bool = True  # RandPad the generator's D input as well (see module docstring)
+    perceptual_randpad: bool = False  # feature matching on x_g and x_r RandPad-ed alike (see module docstring)
 
     def __post_init__(self) -> None:
         weights = {"l1": self.l1, "adversarial": self.adversarial, "perceptual": self.perceptual, "mfs": self.mfs}
@@ -355,6 +361,9 @@ def generator_losses(loss: Stage2LossConfig, x_g: torch.Tensor, x_r: torch.Tenso
         if perceptual is not None:
             out["perceptual"] = loss.perceptual * perceptual(x_g, x_r).mean()
         else:
+            if loss.perceptual_randpad:  # one draw per sample, applied to both images
+                x_g, pads = rand_pad_shard(x_g, gen, shard)
+                x_r = torch.cat([pad_fixed(x_r[i : i + 1], p, "reflect") for i, p in enumerate(pads)])
             with autocast():
                 f_g = features(x_g)
                 with torch.no_grad():
