@@ -22,6 +22,14 @@ own fresh process: our model files run through ``upscale`` like the main model; 
 with :func:`gendr_core.teachers.load_teacher` and timed as ``teacher.restore(lq, output_size)``
 on the same random input. Their ratios are against the main model: ``speedup`` =
 time_other/time_ours (> 1: ours is faster), ``peak_ratio_pix_over_latent`` = peak_ours/peak_other.
+
+This is the one benchmark runner: the ComfyUI Benchmark node calls :func:`run_loaded` on its
+already-loaded models (same :func:`measure_model`, same :class:`BenchRow`, in the ComfyUI
+process) and ``bench/gpu_bench.py`` runs a plan of :class:`BenchConfig` s through
+:func:`run_bench_config`. ``speed`` (:class:`~gendr_core.pipeline.SpeedOptions`) applies the
+inference-only switches (channels_last, torch.compile, feed-forward chunking, windowed level-1
+attention, fused SDPA kernels only) to every model of a run; ``first_run_seconds`` keeps the
+first (warm-up) run, which holds torch.compile's compile time.
 """
 
 from __future__ import annotations
@@ -58,6 +66,7 @@ from .config import (
 )
 from .errors import ConfigError, GenDRPixError
 from .fileio import atomic_write
+from .pipeline import SpeedOptions
 
 logger = logging.getLogger(__name__)
 
@@ -222,6 +231,7 @@ class BenchConfig:
     fresh_process_on_cpu: bool = True
     threads: int | None = None
     seed: int = 0
+    speed: SpeedOptions = SpeedOptions()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sizes", tuple((int(w), int(h)) for w, h in self.sizes))
@@ -246,6 +256,7 @@ class BenchConfig:
         d["compare_models"] = list(self.compare_models)
         for k in ("unet_config", "vae_config"):
             d[k] = d[k].to_dict() if d[k] is not None else None
+        d["speed"] = self.speed.to_dict()
         return d
 
 
@@ -277,6 +288,9 @@ class BenchRow:
     ru_maxrss_bytes: int | None = None
     threads: int | None = None
     macs: int | None = None  # multiply-accumulates of one run, torch.utils.flop_counter on the meta device
+    first_run_seconds: float | None = None  # the first run (a warm-up when warmup > 0): holds compile time
+    speed: dict[str, Any] | None = None  # SpeedOptions of the run and what they changed
+    attention: dict[str, int] | None = None  # attention modules per processor class (SDPA: AttnProcessor2_0)
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -376,13 +390,32 @@ def _fmt(v: float | None, suffix: str = "") -> str:
 
 
 def plot_result(result: BenchResult, path: Path) -> Path | None:
-    """Seconds, peak memory and GMACs vs output megapixels, one line per pipeline (atomic PNG write),
-    the three panels of GenDR-Pix Fig. 8."""
+    """:func:`plot_figure` written as a PNG (atomic write); None without matplotlib."""
+    fig = plot_figure(result)
+    if fig is None:
+        logger.info("matplotlib is not installed; skipping the plot %s (pip install matplotlib)", path)
+        return None
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+def plot_array(result: BenchResult):
+    """:func:`plot_figure` as a (H, W, 3) uint8 numpy array (the ComfyUI node's IMAGE); None without matplotlib."""
+    import numpy as np
+
+    fig = plot_figure(result)
+    if fig is None:
+        return None
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+
+
+def plot_figure(result: BenchResult):
+    """Seconds, peak memory and GMACs vs output megapixels, one line per pipeline: the three
+    panels of GenDR-Pix Fig. 8 (a matplotlib Figure; None when matplotlib is not installed)."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        logger.info("matplotlib is not installed; skipping the plot %s (pip install matplotlib)", path)
         return None
     fig = Figure(figsize=(14, 4), dpi=100)
     FigureCanvasAgg(fig)
@@ -408,10 +441,11 @@ def plot_result(result: BenchResult, path: Path) -> Path | None:
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
     weights = {r.weights for r in result.rows}
-    fig.suptitle(f"{result.config.get('model')} on {result.rows[0].device if result.rows else '?'}"
+    title = result.config.get("model") or ", ".join(result.config.get("models", []))
+    fig.suptitle(f"{title} on {result.rows[0].device if result.rows else '?'}"
                  + (" - random weights" if RANDOM_WEIGHTS in weights else ""))
     fig.tight_layout()
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    return fig
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -524,74 +558,147 @@ def count_macs(run: Callable[[torch.device], Any]) -> int | None:
     return int(counter.get_total_flops()) // 2
 
 
-def measure(job: dict[str, Any], memory: str) -> dict[str, Any]:
-    """Build the job's model, time ``upscale`` and measure memory ("cuda", "rss" or "none")."""
-    from .checkpoint import default_dtype, parse_dtype
-    from .pipeline import restore_grid, upscale
+MEMORY_KINDS = ("none", "rss", "fresh_rss")
 
-    if job.get("threads"):
-        torch.set_num_threads(int(job["threads"]))
-    device = torch.device(job["device"])
-    dtype = parse_dtype(job["dtype"]) or default_dtype(device)
-    cuda = device.type == "cuda"
-    if job["recipe"]["kind"] == TEACHER_KIND:
-        return _measure_teacher(job, memory, device, dtype)
-    model = _build(job["recipe"], device, dtype, job["seed"])
-    tracker = PeakMemory(device) if cuda or memory == "rss" else None
-    if tracker is not None:
-        tracker.start()
-    w_out, h_out = job["size"]
-    w_in, h_in = max(1, round(w_out / job["scale"])), max(1, round(h_out / job["scale"]))
-    x = torch.rand(1, 3, h_in, w_in, generator=torch.Generator().manual_seed(job["seed"])).to(device)
-    times, y = [], None
-    for i in range(job["warmup"] + job["repeats"]):
+
+def _timed_runs(run: Callable[[], Any], warmup: int, repeats: int, device: torch.device,
+                on_run: Callable[[], None] | None = None) -> tuple[list[float], float, Any]:
+    """``warmup`` untimed then ``repeats`` timed calls of ``run`` (CUDA synchronised before each clock
+    read); returns (timed seconds, seconds of the very first call, the last output)."""
+    times, first, y = [], None, None
+    for i in range(warmup + repeats):
         t0 = time.perf_counter()
-        y = upscale(x, model, job["scale"], job["guidance"], tiling="off", branch_mode=job["branch_mode"])
-        if cuda:
+        y = run()
+        if device.type == "cuda":
             torch.cuda.synchronize(device)
-        if i >= job["warmup"]:
-            times.append(time.perf_counter() - t0)
-    peak = baseline = load_peak = None
-    method = "none (in-process CPU run)"
-    if tracker is not None:
-        tracker.stop()
-        peak, baseline, load_peak = tracker.peak_bytes, tracker.baseline_bytes, tracker.before_bytes
-        method = tracker.method if cuda else "fresh_process_" + tracker.method
+        dt = time.perf_counter() - t0
+        first = dt if first is None else first
+        if i >= warmup:
+            times.append(dt)
+        if on_run:
+            on_run()
+    return times, first, y
+
+
+def _tracker(device: torch.device, memory: str) -> PeakMemory | None:
+    if memory not in MEMORY_KINDS:
+        raise ValueError(f"memory={memory!r} must be one of {MEMORY_KINDS}")
+    return PeakMemory(device).start() if device.type == "cuda" or memory != "none" else None
+
+
+def _memory_fields(tracker: PeakMemory | None, memory: str) -> dict[str, Any]:
+    """peak/baseline/activation bytes and the method, named for what it measured."""
+    if tracker is None:
+        return {"peak_bytes": None, "baseline_bytes": None, "activation_bytes": None,
+                "memory_method": "none (in-process CPU run)", "load_peak_bytes": None, "ru_maxrss_bytes": None}
+    tracker.stop()
+    cuda = tracker.device.type == "cuda"
+    prefix = "" if cuda else {"fresh_rss": "fresh_process_", "rss": "in_process_"}[memory]
+    return {"peak_bytes": tracker.peak_bytes, "baseline_bytes": tracker.baseline_bytes,
+            "activation_bytes": tracker.activation_bytes, "memory_method": prefix + tracker.method,
+            "load_peak_bytes": tracker.before_bytes,
+            "ru_maxrss_bytes": _ru_maxrss_bytes() if memory == "fresh_rss" else None}
+
+
+def _input(size: Sequence[int], scale: float, seed: int) -> torch.Tensor:
+    w_out, h_out = size
+    w_in, h_in = max(1, round(w_out / scale)), max(1, round(h_out / scale))
+    return torch.rand(1, 3, h_in, w_in, generator=torch.Generator().manual_seed(seed))
+
+
+def model_macs(model, grid: tuple[int, int], guidance: float = 1.0, branch_mode: str = "batched",
+               speed: SpeedOptions | None = None) -> int | None:
+    """MACs of ``restore_grid`` on a (1,3,*grid) image (tiling off) by :func:`count_macs`, on a copy of
+    ``model``'s architecture built on the meta device (the model itself is not touched; the
+    windowed attention of ``speed`` is applied to the copy, as it changes the count)."""
+    from .models.restorer import build_model
+    from .models.unet import set_window_attention
+    from .pipeline import restore_grid
+
+    def run(meta: torch.device) -> None:
+        with meta:
+            copy = build_model(model.config).to(model.dtype).eval()
+        if speed is not None and speed.attention_window:
+            set_window_attention(copy.unet, speed.attention_window)
+        restore_grid(torch.empty((1, 3) + tuple(grid), device=meta), copy, guidance=guidance, branch_mode=branch_mode,
+                     tile="off")
+
+    return count_macs(run)
+
+
+def measure_model(model, size: Sequence[int], *, scale: float = 4.0, guidance: float = 1.0,
+                  branch_mode: str = "batched", warmup: int = 1, repeats: int = 3, seed: int = 0,
+                  memory: str = "none", pipeline: str | None = None, weights: str | None = None,
+                  speed: dict[str, Any] | None = None, on_run: Callable[[], None] | None = None) -> BenchRow:
+    """One :class:`BenchRow`: time ``upscale(x, model, scale, guidance, tiling="off")`` on a seeded random
+    input of ``size`` (output width, height) / ``scale`` pixels on the model's device, after
+    ``warmup`` runs; peak memory per ``memory`` ("none", "rss": this process's peak RSS, "fresh_rss":
+    the same in a fresh worker process; CUDA always ``max_memory_allocated``); MACs by
+    :func:`model_macs`. ``speed``: the applied SpeedOptions (and what they changed), recorded in
+    the row; ``on_run()`` is called after every run (progress)."""
+    from .models.unet import attention_processors
+    from .pipeline import attention_kernels, upscale
+
+    device = model.device
+    opts = SpeedOptions(**{k: v for k, v in (speed or {}).items() if k in SpeedOptions.__dataclass_fields__})
+    x = _input(size, scale, seed).to(device)
+    tracker = _tracker(device, memory)
+
+    def run() -> torch.Tensor:
+        with attention_kernels(opts, device):
+            return upscale(x, model, scale, guidance, tiling="off", branch_mode=branch_mode)
+
+    times, first, y = _timed_runs(run, warmup, repeats, device, on_run)
+    mem = _memory_fields(tracker, memory)
     m = model.pad_multiple
     ph, pw = -(-y.shape[-2] // m) * m, -(-y.shape[-1] // m) * m
-    params = (sum(p.numel() for p in model.parameters()), sum(p.numel() for p in model.unet.parameters()),
-              sum(p.numel() for p in model.vae.parameters()) if getattr(model, "vae", None) is not None else 0)
-    estimated = int(model.estimate_bytes(ph, pw, 2 if job["guidance"] != 1.0 and job["branch_mode"] == "batched" else 1))
-    grid = tuple(y.shape[-2:])  # upscale = bicubic onto the grid (no MACs) + restore_grid
-    macs = count_macs(lambda meta: restore_grid(torch.empty((1, 3) + grid, device=meta), model.to(meta),
-                                                guidance=job["guidance"], branch_mode=job["branch_mode"],
-                                                tile="off"))  # the model's last use
-    return {
-        "pipeline": job["recipe"]["pipeline"],
-        "kind": model.kind,
-        "weights": job["recipe"]["weights"],
-        "output_size": [int(y.shape[-1]), int(y.shape[-2])],
-        "input_size": [w_in, h_in],
-        "output_megapixels": y.shape[-1] * y.shape[-2] / 1e6,
-        "seconds_median": statistics.median(times),
-        "seconds_min": min(times),
-        "seconds": times,
-        "peak_bytes": peak,
-        "baseline_bytes": baseline,
-        "activation_bytes": None if peak is None or baseline is None else peak - baseline,
-        "memory_method": method,
-        "device": str(device),
-        "dtype": str(dtype).replace("torch.", ""),
-        "parameters": params[0],
-        "unet_parameters": params[1],
-        "vae_parameters": params[2],
-        "estimated_bytes": estimated,
-        "macs": macs,
-        "output_shape": list(y.shape),
-        "load_peak_bytes": load_peak,
-        "ru_maxrss_bytes": _ru_maxrss_bytes() if memory == "rss" else None,
-        "threads": torch.get_num_threads(),
-    }
+    vae = getattr(model, "vae", None)
+    return BenchRow(
+        pipeline=pipeline or model.kind, kind=model.kind, weights=weights or getattr(model, "source_path", None)
+        or RANDOM_WEIGHTS, output_size=[int(y.shape[-1]), int(y.shape[-2])],
+        input_size=[int(x.shape[-1]), int(x.shape[-2])], output_megapixels=y.shape[-1] * y.shape[-2] / 1e6,
+        seconds_median=statistics.median(times), seconds_min=min(times), seconds=times,
+        device=str(device), dtype=str(model.dtype).replace("torch.", ""),
+        parameters=sum(p.numel() for p in model.parameters()),
+        unet_parameters=sum(p.numel() for p in model.unet.parameters()),
+        vae_parameters=sum(p.numel() for p in vae.parameters()) if vae is not None else 0,
+        estimated_bytes=int(model.estimate_bytes(ph, pw, 2 if guidance != 1.0 and branch_mode == "batched" else 1)),
+        output_shape=list(y.shape), threads=torch.get_num_threads(),
+        macs=model_macs(model, tuple(y.shape[-2:]), guidance, branch_mode, opts),  # bicubic has no MACs
+        first_run_seconds=first, speed=speed, attention=attention_processors(model.unet), **mem)
+
+
+def build_for_job(job: dict[str, Any]):
+    """The model of a job (a file, or seeded random weights), on its device and dtype, with the
+    job's SpeedOptions applied; returns (model, the speed dict recorded in rows)."""
+    from .checkpoint import default_dtype, parse_dtype
+    from .pipeline import apply_speed_options
+
+    device = torch.device(job["device"])
+    dtype = parse_dtype(job["dtype"]) or default_dtype(device)
+    model = _build(job["recipe"], device, dtype, job["seed"])
+    speed = SpeedOptions(**job.get("speed", {}))
+    changed = apply_speed_options(model, speed)
+    return model, speed.to_dict() | {"applied": changed}
+
+
+def measure(job: dict[str, Any], memory: str, built: tuple | None = None) -> dict[str, Any]:
+    """One job as a row dict: build its model (or use ``built``, the (model, speed dict) of
+    :func:`build_for_job`), time and measure it (``memory``: see
+    :func:`measure_model`); a teacher recipe goes through ``teacher.restore``."""
+    if job.get("threads"):
+        torch.set_num_threads(int(job["threads"]))
+    if job["recipe"]["kind"] == TEACHER_KIND:
+        from .checkpoint import default_dtype, parse_dtype
+
+        device = torch.device(job["device"])
+        return _measure_teacher(job, memory, device, parse_dtype(job["dtype"]) or default_dtype(device))
+    model, speed = built if built is not None else build_for_job(job)
+    row = measure_model(model, job["size"], scale=job["scale"], guidance=job["guidance"],
+                        branch_mode=job["branch_mode"], warmup=job["warmup"], repeats=job["repeats"],
+                        seed=job["seed"], memory=memory, pipeline=job["recipe"]["pipeline"],
+                        weights=job["recipe"]["weights"], speed=speed)
+    return dataclasses.asdict(row)
 
 
 def _load_teacher(path: str, device: torch.device, dtype: torch.dtype):
@@ -611,59 +718,25 @@ def _load_teacher(path: str, device: torch.device, dtype: torch.dtype):
 
 def _measure_teacher(job: dict[str, Any], memory: str, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
     """:func:`measure` for a teacher recipe: time ``teacher.restore(x, output_size)``."""
-    cuda = device.type == "cuda"
     teacher = _load_teacher(job["recipe"]["path"], device, dtype)
-    tracker = PeakMemory(device) if cuda or memory == "rss" else None
-    if tracker is not None:
-        tracker.start()
+    tracker = _tracker(device, memory)
     w_out, h_out = job["size"]
-    w_in, h_in = max(1, round(w_out / job["scale"])), max(1, round(h_out / job["scale"]))
-    x = torch.rand(1, 3, h_in, w_in, generator=torch.Generator().manual_seed(job["seed"])).to(device, dtype)
-    times, y = [], None
-    for i in range(job["warmup"] + job["repeats"]):
-        t0 = time.perf_counter()
-        y = teacher.restore(x, (h_out, w_out))
-        if cuda:
-            torch.cuda.synchronize(device)
-        if i >= job["warmup"]:
-            times.append(time.perf_counter() - t0)
-    peak = baseline = load_peak = None
-    method = "none (in-process CPU run)"
-    if tracker is not None:
-        tracker.stop()
-        peak, baseline, load_peak = tracker.peak_bytes, tracker.baseline_bytes, tracker.before_bytes
-        method = tracker.method if cuda else "fresh_process_" + tracker.method
+    x = _input(job["size"], job["scale"], job["seed"]).to(device, dtype)
+    times, first, y = _timed_runs(lambda: teacher.restore(x, (h_out, w_out)), job["warmup"], job["repeats"], device)
+    mem = _memory_fields(tracker, memory)
     if tuple(y.shape[-2:]) != (h_out, w_out):
         raise GenDRPixError(f"--compare {job['recipe']['path']}: restored to {tuple(y.shape[-2:])}, "
                             f"expected {(h_out, w_out)}")
     params = sum(p.numel() for p in teacher.parameters())
     macs = count_macs(lambda meta: teacher.to(meta).restore(x.to(meta), (h_out, w_out)))  # last use
-    return {
-        "pipeline": job["recipe"]["pipeline"],
-        "kind": TEACHER_KIND,
-        "weights": job["recipe"]["weights"],
-        "output_size": [int(y.shape[-1]), int(y.shape[-2])],
-        "input_size": [w_in, h_in],
-        "output_megapixels": y.shape[-1] * y.shape[-2] / 1e6,
-        "seconds_median": statistics.median(times),
-        "seconds_min": min(times),
-        "seconds": times,
-        "peak_bytes": peak,
-        "baseline_bytes": baseline,
-        "activation_bytes": None if peak is None or baseline is None else peak - baseline,
-        "memory_method": method,
-        "device": str(device),
-        "dtype": str(dtype).replace("torch.", ""),
-        "parameters": params,
-        "unet_parameters": 0,
-        "vae_parameters": 0,
-        "estimated_bytes": None,
-        "macs": macs,
-        "output_shape": list(y.shape),
-        "load_peak_bytes": load_peak,
-        "ru_maxrss_bytes": _ru_maxrss_bytes() if memory == "rss" else None,
-        "threads": torch.get_num_threads(),
-    }
+    row = BenchRow(
+        pipeline=job["recipe"]["pipeline"], kind=TEACHER_KIND, weights=job["recipe"]["weights"],
+        output_size=[int(y.shape[-1]), int(y.shape[-2])], input_size=[int(x.shape[-1]), int(x.shape[-2])],
+        output_megapixels=y.shape[-1] * y.shape[-2] / 1e6, seconds_median=statistics.median(times),
+        seconds_min=min(times), seconds=times, device=str(device), dtype=str(dtype).replace("torch.", ""),
+        parameters=params, unet_parameters=0, vae_parameters=0, estimated_bytes=None, output_shape=list(y.shape),
+        threads=torch.get_num_threads(), macs=macs, first_run_seconds=first, **mem)
+    return dataclasses.asdict(row)
 
 
 def _worker_main(spec: str) -> int:
@@ -672,7 +745,7 @@ def _worker_main(spec: str) -> int:
     job = json.loads(spec)
     try:
         with torch.no_grad():
-            result = measure(job, "rss")
+            result = measure(job, "fresh_rss")
     except (GenDRPixError, FileNotFoundError) as exc:
         sys.stdout.write(ERROR_PREFIX + " ".join(str(exc).split()) + "\n")
         sys.stdout.flush()
@@ -750,18 +823,24 @@ def run_bench_config(cfg: BenchConfig, progress: Progress | None = None) -> Benc
     fresh = device.type == "cpu" and cfg.fresh_process_on_cpu
     jobs = [{"recipe": dataclasses.asdict(r), "size": list(size), "scale": cfg.scale, "guidance": cfg.guidance,
              "branch_mode": cfg.branch_mode, "device": str(device), "dtype": cfg.dtype, "repeats": cfg.repeats,
-             "warmup": cfg.warmup, "threads": cfg.threads, "seed": cfg.seed}
+             "warmup": cfg.warmup, "threads": cfg.threads, "seed": cfg.seed, "speed": cfg.speed.to_dict()}
             for size in cfg.sizes for r in recipes]
     rows: list[BenchRow] = []
     by_job: dict[tuple[str, tuple[int, int]], BenchRow] = {}
+    built: dict[str, tuple] = {}  # in-process: each model is built (and compiled) once for all its sizes
     for i, job in enumerate(jobs):
         logger.info("bench %s at %dx%d (%d/%d)%s", job["recipe"]["pipeline"], *job["size"], i + 1, len(jobs),
                     " in a fresh process" if fresh else "")
         if fresh:
             out = run_worker(job)
         else:
+            name = job["recipe"]["pipeline"]
             with torch.no_grad():
-                out = measure(job, "cuda" if device.type == "cuda" else "none")
+                if job["recipe"]["kind"] != TEACHER_KIND and name not in built:
+                    built[name] = build_for_job(job)
+                out = measure(job, "none", built.get(name))
+            if all(j["recipe"]["pipeline"] != name for j in jobs[i + 1:]):
+                built.pop(name, None)  # its last size: free it before the next model is built
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -773,6 +852,57 @@ def run_bench_config(cfg: BenchConfig, progress: Progress | None = None) -> Benc
                    for other in recipes[1:] for size in dict.fromkeys(cfg.sizes)]
     return BenchResult(config=cfg.to_dict(), rows=rows, comparisons=comparisons, models=models,
                        environment=_environment(device), notes=notes,
+                       created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+def run_loaded(
+    models: dict[str, Any],
+    sizes: Sequence[tuple[int, int]],
+    scale: float = 4.0,
+    guidance: float = 1.0,
+    *,
+    branch_mode: str = "batched",
+    repeats: int = 3,
+    warmup: int = 1,
+    seed: int = 0,
+    memory: str = "rss",
+    placement: Callable[[Any, tuple[int, int]], Any] | None = None,
+    progress: Progress | None = None,
+) -> BenchResult:
+    """The benchmark of already-loaded models (name -> restorer) in this process: one
+    :func:`measure_model` row per (model, output size (width, height)), model by model, and the
+    ratios of every other model against the first. ``memory`` as in :func:`measure_model` ("rss":
+    this process's peak RSS on CPU). ``placement(model, size)`` is entered around each row (the
+    ComfyUI node moves the model onto its device there); ``progress(done, total)`` after every
+    run. What the ComfyUI Benchmark node runs; ``gendr-pix bench`` measures the same in fresh
+    processes."""
+    import contextlib
+
+    sizes = [(int(w), int(h)) for w, h in sizes]
+    cfg = {"models": list(models), "sizes": [list(s) for s in sizes], "scale": scale, "guidance": guidance,
+           "branch_mode": branch_mode, "repeats": repeats, "warmup": warmup, "seed": seed, "memory": memory}
+    total, done = len(models) * len(sizes) * (warmup + repeats), [0]
+
+    def on_run() -> None:
+        done[0] += 1
+        if progress:
+            progress(done[0], total)
+
+    rows: list[BenchRow] = []
+    for name, model in models.items():
+        for size in sizes:
+            with (placement(model, size) if placement else contextlib.nullcontext()), torch.no_grad():
+                rows.append(measure_model(model, size, scale=scale, guidance=guidance, branch_mode=branch_mode,
+                                          warmup=warmup, repeats=repeats, seed=seed, memory=memory, pipeline=name,
+                                          on_run=on_run))
+    first = rows[:len(sizes)]
+    comparisons = [compare_rows(a, b) for i in range(1, len(models))
+                   for a, b in zip(first, rows[i * len(sizes):(i + 1) * len(sizes)], strict=True)]
+    device = rows[0].device if rows else "cpu"
+    return BenchResult(config=cfg, rows=rows, comparisons=comparisons,
+                       models={n: {"kind": m.kind, "weights": getattr(m, "source_path", None) or RANDOM_WEIGHTS,
+                                   "config": m.config.to_dict()} for n, m in models.items()},
+                       environment=_environment(torch.device(device)),
                        created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
@@ -795,6 +925,7 @@ def run_benchmark(
     threads: int | None = None,
     seed: int = 0,
     compare_models: Sequence[str] = (),
+    speed: SpeedOptions | None = None,
 ) -> BenchResult:
     """Median/min seconds and peak memory of ``upscale(..., tiling="off")`` per OUTPUT size (width, height).
 
@@ -804,13 +935,14 @@ def run_benchmark(
     ``compare`` adds the GenDR latent pipeline (VAE ``vae_config``, default VAE16) and ratios;
     ``compare_models`` other model files (ours, or teachers through ``load_teacher``), each measured
     the same way, with ratios against the main model.
+    ``speed`` (:class:`~gendr_core.pipeline.SpeedOptions`) is applied to every model of the run.
     ``progress(done, total)`` is called after every configuration.
     """
     cfg = BenchConfig(model=model_spec, sizes=tuple(sizes), scale=scale, guidance=guidance, branch_mode=branch_mode,
                       device=device, dtype=dtype, repeats=repeats, warmup=warmup, compare=compare,
                       compare_models=tuple(compare_models),
                       unet_config=unet_config, vae_config=vae_config, fresh_process_on_cpu=fresh_process_on_cpu,
-                      threads=threads, seed=seed)
+                      threads=threads, seed=seed, speed=speed or SpeedOptions())
     return run_bench_config(cfg, progress)
 
 
@@ -873,6 +1005,27 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--in-process", action="store_true",
                         help="on CPU, run in this process (no fresh process: peak memory is not measured)")
     parser.add_argument("--out", default="bench_results", help="folder for bench_<timestamp>.json/.png")
+    speed = parser.add_argument_group("speed options (inference only; applied to every model of the run)")
+    speed.add_argument("--channels-last", action="store_true", help="UNet weights in channels_last (NHWC) format")
+    speed.add_argument("--compile", action="store_true",
+                       help="torch.compile the UNet (the first, warm-up run at each size holds the compile time: "
+                            "first_run_seconds in the JSON)")
+    speed.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune")
+    speed.add_argument("--ff-chunk", type=int, default=0,
+                       help="tokens per feed-forward slice at the two finest UNet levels (0 = off)")
+    speed.add_argument("--attention-window", type=int, default=0,
+                       help="level-1 self-attention within windows of at most N x N tokens (64 = the 512-px "
+                            "training patch; 0 = full attention; changes outputs on larger images)")
+    speed.add_argument("--fused-attention", action="store_true",
+                       help="on CUDA, allow only flash / memory-efficient / cuDNN SDPA kernels (error instead of "
+                            "the O(N^2)-memory math kernel)")
+
+
+def speed_from_args(args: argparse.Namespace) -> SpeedOptions:
+    """The :class:`~gendr_core.pipeline.SpeedOptions` of parsed ``gendr-pix bench`` arguments."""
+    return SpeedOptions(channels_last=args.channels_last, compile=args.compile, compile_mode=args.compile_mode,
+                        ff_chunk=args.ff_chunk, attention_window=args.attention_window,
+                        fused_attention=args.fused_attention)
 
 
 def run_bench_command(args: argparse.Namespace) -> int:
@@ -897,7 +1050,8 @@ def run_bench_command(args: argparse.Namespace) -> int:
         args.model, parse_sizes(args.sizes), args.scale, args.guidance, args.branch_mode, args.device,
         None if args.dtype == "auto" else args.dtype, args.repeats, args.warmup, latent,
         reduced_unet_config(unet_ch) if unet_ch else None, not args.in_process, progress,
-        vae_config=reduced_vae_config(vae_ch) if vae_ch else None, threads=args.threads, compare_models=files)
+        vae_config=reduced_vae_config(vae_ch) if vae_ch else None, threads=args.threads, compare_models=files,
+        speed=speed_from_args(args))
     bar.close()
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.out)

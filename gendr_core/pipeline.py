@@ -72,6 +72,75 @@ def plan_tiles(
     return TilePlan(tile, overlap, need(tile, tile), budget)
 
 
+@dataclass(frozen=True)
+class SpeedOptions:
+    """Inference-only speed switches (issue 18), applied once to a loaded model by :func:`apply_speed_options`.
+
+    None of them changes the architecture or the weights (so they are not in the model config):
+
+    * ``channels_last``: UNet weights in NHWC memory format (convolutions then run NHWC).
+    * ``compile``: ``torch.compile`` of the UNet in place (``nn.Module.compile``: the module and
+      its state-dict keys stay) with ``compile_mode`` / ``compile_backend``; every new input
+      shape compiles again (``dynamic=False``), so the first run at a size is slow.
+    * ``ff_chunk``: tokens per feed-forward slice at the two finest levels (0 = off);
+      :func:`~gendr_core.models.unet.set_ff_chunking`. Same values up to summation order.
+    * ``attention_window``: level-1 self-attention within windows of at most that many tokens
+      per side (0 = full attention; 64 = the 512-px training patch);
+      :func:`~gendr_core.models.unet.set_window_attention`. Changes outputs on larger grids.
+    * ``fused_attention``: on CUDA, allow only the flash / memory-efficient / cuDNN SDPA kernels
+      (:func:`attention_kernels`), so an input that would fall back to the O(N^2)-memory math
+      kernel raises instead.
+    """
+
+    channels_last: bool = False
+    compile: bool = False
+    compile_mode: str | None = None
+    compile_backend: str = "inductor"
+    ff_chunk: int = 0
+    attention_window: int = 0
+    fused_attention: bool = False
+
+    def __post_init__(self) -> None:
+        if self.ff_chunk < 0:
+            raise ConfigError(f"ff_chunk={self.ff_chunk} must be >= 0 (tokens per slice; 0 = off)")
+        if self.attention_window < 0:
+            raise ConfigError(f"attention_window={self.attention_window} must be >= 0 (0 = full attention)")
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def apply_speed_options(model: OneStepRestorer, speed: SpeedOptions) -> dict[str, int | str]:
+    """Apply the switches of ``speed`` that are on to ``model.unet``, in place (switches that are off
+    leave the model as it is); returns what changed: the feed-forwards chunked, the attention
+    modules windowed, and ``memory_format`` when channels_last was set."""
+    from .models.unet import set_ff_chunking, set_window_attention
+
+    unet = model.unet
+    done: dict[str, int | str] = {
+        "ff_chunked": set_ff_chunking(unet, speed.ff_chunk) if speed.ff_chunk else 0,
+        "attention_windowed": set_window_attention(unet, speed.attention_window) if speed.attention_window else 0,
+    }
+    if speed.channels_last:
+        unet.to(memory_format=torch.channels_last)
+        done["memory_format"] = "channels_last"
+    if speed.compile:
+        unet.compile(mode=speed.compile_mode, backend=speed.compile_backend, dynamic=False)
+    logger.info("speed options %s -> %s", speed, done)
+    return done
+
+
+def attention_kernels(speed: SpeedOptions, device: torch.device):
+    """Context for a pass: with ``speed.fused_attention`` on CUDA, SDPA may use only its fused kernels."""
+    import contextlib
+
+    if not speed.fused_attention or device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION])
+
+
 def _is_oom(exc: BaseException) -> bool:
     if isinstance(exc, torch.OutOfMemoryError):
         return True

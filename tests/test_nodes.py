@@ -522,22 +522,37 @@ def test_learned_fixmod_round_trip_through_loader_and_nodes(nodes, core):
 # ----------------------------------------------------------------------------- benchmark
 
 
-def test_benchmark_reports_and_plots(nodes, model, core):
+def test_benchmark_node_is_the_bench_runner(nodes, model, core):
+    import dataclasses
+
     cls = nodes["GenDRPixBenchmark"]
     assert cls.GET_SCHEMA().is_output_node
-    out = comfy_stub.execute_node(cls, model=model, sizes="32, 64", scale=4.0, guidance=1.0, repeats=1,
+    out = comfy_stub.execute_node(cls, model=model, sizes="32, 64x48", scale=4.0, guidance=1.0, repeats=1,
                                   compare_model=model)
     report, plot = out.args
-    assert "gendr_pix" in report and "64x64" in report and "JSON" in report
-    rows = json.loads(report.split("JSON: ", 1)[1])
-    assert [r["output"] for r in rows] == ["32x32", "64x64"] * 2
+    assert "gendr_pix" in report and "64x48" in report and "GMACs" in report and "JSON" in report
+    data = json.loads(report.split("JSON: ", 1)[1])
+    rows = data["rows"]
+    assert [(r["pipeline"], r["output_size"]) for r in rows] == [
+        ("gendr_pix", [32, 32]), ("gendr_pix", [64, 48]), ("gendr_pix (cmp)", [32, 32]), ("gendr_pix (cmp)", [64, 48])]
+    assert all(set(r) == {f.name for f in dataclasses.fields(core.bench.BenchRow)} for r in rows)  # one schema
     for r in rows:  # measured in-process: the stub runs on the CPU, Linux resets VmHWM
-        assert r["memory_method"] == "vmhwm" and r["peak_bytes"] >= r["run_bytes"] >= 0 and r["estimated_bytes"] > 0
+        assert r["memory_method"] == "in_process_vmhwm" and r["peak_bytes"] >= r["activation_bytes"] >= 0
+        assert r["estimated_bytes"] > 0 and len(r["seconds"]) == 1 and r["input_size"] == [r["output_size"][0] // 4,
+                                                                                          r["output_size"][1] // 4]
+    # MACs from the runner's meta-device count of this model's architecture, and the model is left on its device
+    assert rows[1]["macs"] == core.bench.model_macs(model, (48, 64)) > rows[0]["macs"] > 0
+    assert rows[2]["macs"] == rows[0]["macs"] and model.prompt_pos.device.type == "cpu"
+    assert [c["macs_ratio_other_over_ours"] for c in data["comparisons"]] == [1.0, 1.0]
+    assert [c["against"] for c in data["comparisons"]] == ["gendr_pix (cmp)"] * 2
     assert out.ui.as_dict() == {"text": (report,)}
     assert plot.ndim == 4 and plot.shape[0] == 1 and plot.shape[-1] == 3 and 0 <= plot.min() and plot.max() <= 1
+    assert plot.shape[1:3] == (400, 1400) and plot.min() < 0.5  # the runner's 3-panel Fig. 8 plot, drawn
     events = comfy.utils.PROGRESS_EVENTS
-    assert events and events[-1][1] == events[-1][2]
+    assert events[-1][1] == events[-1][2] == 2 * 2 * (1 + 1)  # models x sizes x (warm-up + repeats)
     assert "expected output sides" in cls.validate_inputs(sizes="big")
+    assert "expected output sides" in cls.validate_inputs(sizes="8")
+    assert cls.validate_inputs(sizes="512, 3840x2160") is True
 
 
 # ----------------------------------------------------------------------------- gendr_core additions for the nodes

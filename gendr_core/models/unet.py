@@ -1,13 +1,24 @@
-"""diffusers UNet/VAE construction from our typed configs, plus a memory estimate."""
+"""diffusers UNet/VAE construction from our typed configs, a memory estimate, and the
+inference-only speed switches of issue 18 (feed-forward chunking, windowed level-1 attention).
+
+Levels are numbered from the finest: level 1 is ``down_blocks[0]`` and ``up_blocks[-1]``, which
+run at the UNet's input resolution (GenDR-Pix: one token per 8x8 pixels); level n is the
+coarsest (the last down block, the mid block and ``up_blocks[0]``). None of the switches adds,
+removes or renames a weight: state dicts and model files are unchanged.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import functools
+from collections import Counter
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..config import UNetConfig, VAEConfig
+from ..errors import ConfigError
+from ..ops.attention import chunked_apply, windowed_sdpa
 
 if TYPE_CHECKING:  # diffusers is imported lazily: it costs seconds at import time
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -65,3 +76,140 @@ def estimate_unet_activation_bytes(cfg: UNetConfig, h: int, w: int, batch: int, 
         worst = max(worst, work)
     io = batch * h * w * (cfg.in_channels + cfg.out_channels) * 2
     return int(1.5 * (skips + worst + io) * bytes_per_el)
+
+
+# ----------------------------------------------------------------------------- speed switches (inference only)
+
+
+def blocks_by_level(unet: nn.Module) -> list[tuple[int, nn.Module]]:
+    """(level, block) for every top-level UNet block; level 1 = finest (input resolution)."""
+    n = len(unet.down_blocks)
+    out = [(i + 1, b) for i, b in enumerate(unet.down_blocks)]
+    if unet.mid_block is not None:
+        out.append((n, unet.mid_block))
+    return out + [(n - j, b) for j, b in enumerate(unet.up_blocks)]
+
+
+def _of_type(module: nn.Module, name: str) -> list[nn.Module]:
+    return [m for m in module.modules() if type(m).__name__ == name]
+
+
+def transformer_blocks(unet: nn.Module, levels: tuple[int, ...]) -> list[nn.Module]:
+    """diffusers ``BasicTransformerBlock``s of the blocks at ``levels`` (run order)."""
+    return [t for lvl, b in blocks_by_level(unet) if lvl in levels for t in _of_type(b, "BasicTransformerBlock")]
+
+
+def _chunked_ff_forward(ff: nn.Module, tokens: int, hidden_states: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+    # The class's forward on each slice of the token axis of (B, N, C); the hidden 4C-wide GEGLU
+    # tensor (8C before the gate) then exists for `tokens` tokens at a time.
+    return chunked_apply(lambda s: type(ff).forward(ff, s, *args, **kwargs), hidden_states, tokens, dim=1)
+
+
+def set_ff_chunking(unet: nn.Module, tokens: int, levels: tuple[int, ...] = (1, 2)) -> int:
+    """Run the feed-forward of every transformer block at ``levels`` (default: the two finest,
+    where a 4K image has 130k and 32k tokens) on slices of ``tokens`` tokens; 0 turns it off.
+
+    The instance's ``forward`` is replaced (the module, its weights and state-dict keys stay);
+    the result equals the unchunked one up to the matmul's summation order. Returns the number
+    of feed-forwards changed."""
+    if tokens < 0:
+        raise ConfigError(f"ff_chunk={tokens} must be >= 0 (tokens per feed-forward slice; 0 = off)")
+    count = 0
+    for block in transformer_blocks(unet, levels):
+        ff = getattr(block, "ff", None)
+        if ff is None:
+            continue
+        ff.__dict__.pop("forward", None)
+        if tokens:
+            ff.forward = functools.partial(_chunked_ff_forward, ff, tokens)
+        count += 1
+    return count
+
+
+class WindowedSelfAttention:
+    """diffusers attention processor: self-attention within windows of at most ``window`` x ``window``
+    tokens (:func:`~gendr_core.ops.attention.windowed_sdpa`), for the (B, N, C) tokens of a
+    ``Transformer2DModel`` whose (H, W) grid a forward pre-hook stores in ``grid`` before each call.
+
+    The projections are the attention module's own (to_q/to_k/to_v/to_out), applied as in
+    diffusers' SDPA processor; with a window that covers the grid the output is identical to it.
+    """
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.grid: tuple[int, int] | None = None
+        self.hook: Any = None  # the RemovableHandle of the grid pre-hook
+
+    def __call__(self, attn: nn.Module, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None,
+                 attention_mask: Tensor | None = None, temb: Tensor | None = None, *args: Any, **kwargs: Any) -> Tensor:
+        if encoder_hidden_states is not None or attention_mask is not None or hidden_states.ndim != 3:
+            raise ConfigError("windowed attention handles unmasked self-attention on (B, N, C) tokens only")
+        if self.grid is None:
+            raise ConfigError("windowed attention: no token grid recorded; install it with set_window_attention")
+        b, n, _ = hidden_states.shape
+        q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        d = k.shape[-1] // attn.heads
+        q, k, v = (t.view(b, -1, attn.heads, d).transpose(1, 2) for t in (q, k, v))  # (B,N,C) -> (B,heads,N,d)
+        out = windowed_sdpa(q, k, v, self.grid, self.window)
+        out = out.transpose(1, 2).reshape(b, n, attn.heads * d).to(q.dtype)  # (B,heads,N,d) -> (B,N,C)
+        out = attn.to_out[1](attn.to_out[0](out))
+        if attn.residual_connection:
+            out = out + hidden_states
+        return out / attn.rescale_output_factor
+
+
+def _record_grid(processors: list[WindowedSelfAttention], module: nn.Module, args: tuple, kwargs: dict) -> None:
+    hidden = args[0] if args else kwargs["hidden_states"]  # (B,C,H,W) into the Transformer2DModel
+    for p in processors:
+        p.grid = (int(hidden.shape[-2]), int(hidden.shape[-1]))
+
+
+def set_window_attention(unet: nn.Module, window: int) -> int:
+    """Opt-in windowed self-attention at level 1 (windows of at most ``window`` x ``window`` tokens;
+    64 = GenDR-Pix's 512-px training patch at x8 unshuffle); 0 restores full SDPA attention.
+
+    Only the self-attention (``attn1``) of level-1 transformer blocks changes; cross-attention
+    to the prompt and every coarser level keep full attention. It changes outputs wherever the
+    token grid is larger than the window (measure before using it: ``gendr-pix bench
+    --attention-window``). Returns the number of attention modules changed (0 for a UNet
+    without level-1 attention, e.g. gendr-pix-s)."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    if window < 0:
+        raise ConfigError(f"attention_window={window} must be >= 0 (tokens per window side; 0 = full attention)")
+    count = 0
+    for lvl, block in blocks_by_level(unet):
+        if lvl != 1:
+            continue
+        for t2d in _of_type(block, "Transformer2DModel"):
+            attns = [tb.attn1 for tb in _of_type(t2d, "BasicTransformerBlock")]
+            for a in attns:
+                old = a.processor
+                if isinstance(old, WindowedSelfAttention) and old.hook is not None:
+                    old.hook.remove()
+                if window and (a.is_cross_attention or a.spatial_norm is not None or a.group_norm is not None
+                               or a.norm_q is not None or a.norm_k is not None):
+                    raise ConfigError("windowed attention: a level-1 attention uses a feature it does not "
+                                      "implement (cross-attention, spatial/group norm or q/k norm)")
+            if not window:  # back to diffusers' SDPA processor where we had replaced it
+                for a in attns:
+                    if isinstance(a.processor, WindowedSelfAttention):
+                        a.set_processor(AttnProcessor2_0())
+                        count += 1
+                continue
+            procs = [WindowedSelfAttention(window) for _ in attns]
+            for a, p in zip(attns, procs, strict=True):
+                a.set_processor(p)
+            if procs:
+                hook = t2d.register_forward_pre_hook(functools.partial(_record_grid, procs), with_kwargs=True)
+                for p in procs:
+                    p.hook = hook
+            count += len(attns)
+    return count
+
+
+def attention_processors(unet: nn.Module) -> dict[str, int]:
+    """How many attention modules run each processor class, e.g. ``{"AttnProcessor2_0": 32}``
+    (diffusers' SDPA processor: ``F.scaled_dot_product_attention``, flash / memory-efficient
+    kernels on CUDA)."""
+    return dict(Counter(type(m.processor).__name__ for m in _of_type(unet, "Attention")))
