@@ -1,7 +1,13 @@
 """``gendr-pix``: command-line front end (upscale | inspect | bench | convert | eval).
 
 Errors from bad input print one line and exit with status 2; outputs are written
-atomically and never overwrite an existing file without ``--overwrite``.
+atomically (temporary file + rename) and never overwrite an existing file without ``--overwrite``
+(``--skip-existing`` keeps them and does the rest).
+
+``upscale`` under ``torchrun --nproc_per_node N`` / ``accelerate launch`` (RANK, WORLD_SIZE,
+LOCAL_RANK in the environment): every process loads the model on its own device and upscales
+every N-th file of the sorted input list (:func:`share_of_files`); each output depends only on its
+input and the flags, so the files are those of a one-process run.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -140,6 +147,46 @@ def check_device(device: str | None) -> None:
                             f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
 
 
+def launch_share(env: dict[str, str] | None = None) -> tuple[int, int, int]:
+    """(rank, world size, local rank) of this process under ``torchrun`` / ``accelerate launch``,
+    which set RANK, WORLD_SIZE and LOCAL_RANK for every process; (0, 1, 0) when run alone. No
+    process group is needed: each process upscales its own share of the files."""
+    env = os.environ if env is None else env
+    if "WORLD_SIZE" not in env:
+        return 0, 1, 0
+    try:
+        world, rank = int(env["WORLD_SIZE"]), int(env.get("RANK", "-1"))
+        local = int(env.get("LOCAL_RANK", rank))
+    except ValueError:
+        raise GenDRPixError(f"WORLD_SIZE={env.get('WORLD_SIZE')!r}, RANK={env.get('RANK')!r}, "
+                            f"LOCAL_RANK={env.get('LOCAL_RANK')!r} must be integers (set by torchrun / "
+                            "accelerate launch)") from None
+    if world < 1 or not 0 <= rank < world or local < 0:
+        raise GenDRPixError(f"WORLD_SIZE={world}, RANK={rank}, LOCAL_RANK={local}: need 0 <= RANK < WORLD_SIZE "
+                            "and LOCAL_RANK >= 0 (as torchrun / accelerate launch set them)")
+    return rank, world, local
+
+
+def process_device(device: str | None, world: int, local_rank: int) -> str | None:
+    """One device per process of a multi-process launch: ``--device`` unset or ``cuda`` becomes
+    ``cuda:LOCAL_RANK`` when CUDA is available (unset stays the CPU otherwise); an explicit
+    ``cuda:N`` or ``cpu`` is kept."""
+    import torch
+
+    if world == 1 or device not in (None, "cuda"):
+        return device
+    if device is None and not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{local_rank}"
+
+
+def share_of_files(files: list[Path], outs: list[Path], rank: int, world: int) -> list[tuple[Path, Path]]:
+    """This process's (input, output) pairs: every ``world``-th of the full sorted list from ``rank``.
+    The split is over the whole list, before finished outputs are skipped, so it never depends on
+    what another process has already written."""
+    return [pair for k, pair in enumerate(zip(files, outs, strict=True)) if k % world == rank]
+
+
 def cmd_upscale(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
@@ -152,18 +199,29 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     scale = check_float("--scale", args.scale, 0.0, None, low_open=True)
     if args.color_fix is not None:
         check_float("--color-fix", args.color_fix, 0.0, 1.0)
-    check_device(args.device)
+    if args.overwrite and args.skip_existing:
+        raise GenDRPixError("give --overwrite (replace existing outputs) or --skip-existing (keep them), not both")
+    rank, world, local_rank = launch_share()
+    device = process_device(args.device, world, local_rank)
+    check_device(device)
     files = _collect_inputs(args.inputs)
     outs = _plan_outputs(files, args.output, scale, args.format)
-    if not args.overwrite:
-        exist = [o for o in outs if o.exists()]
-        if exist:
-            raise GenDRPixError(f"output exists: {exist[0]}" + (f" (and {len(exist) - 1} more)" if len(exist) > 1 else "")
-                                + "; pass --overwrite to replace it")
     if len(set(outs)) != len(outs):
         raise GenDRPixError("two inputs map to the same output name; use separate output folders")
+    mine = share_of_files(files, outs, rank, world)
+    exist = [o for _, o in mine if o.exists()]
+    if exist and not (args.overwrite or args.skip_existing):
+        raise GenDRPixError(f"output exists: {exist[0]}" + (f" (and {len(exist) - 1} more)" if len(exist) > 1 else "")
+                            + "; pass --overwrite to replace it, or --skip-existing to keep it and do the rest")
+    todo = mine if args.overwrite else [(f, o) for f, o in mine if not o.exists()]
+    who = f"process {rank}/{world}: " if world > 1 else ""
+    if world > 1 or len(todo) < len(mine):
+        logger.info("%s%d file(s) to do, %d kept (outputs exist), of %d in this share (%d in all)%s", who,
+                    len(todo), len(mine) - len(todo), len(mine), len(files), f"; device {device}" if world > 1 else "")
+    if not todo:
+        return 0
     restore = restore_options(args)
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model(args.model, device=device, dtype=args.dtype)
     guidance = model.config.default_guidance if args.guidance is None else args.guidance
     check_upscale_options(model, guidance, names=FLAG_NAMES, **restore)  # bad values fail before any image
     given = {f: load_embedding(getattr(args, f), f"--{f}") for f in ("positive", "negative") if getattr(args, f)}
@@ -173,10 +231,11 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     fix, strength = resolve_post_fix(model, args.fixmod, args.color_fix)
     logger.info("model %s (%s) on %s; post-fix %s%s", getattr(model, "source_path", args.model), model.kind,
                 model.device, fix, f" at strength {strength:g}" if fix != "off" else "")
-    bar = tqdm(total=len(files), unit="img", desc="upscale", disable=args.quiet)
-    for src, dst in zip(files, outs, strict=True):
+    quiet_bars = args.quiet or rank != 0  # progress bars on the first process only
+    bar = tqdm(total=len(todo), unit="img", desc="upscale", disable=quiet_bars)
+    for src, dst in todo:
         x, alpha, info = load_image(src)
-        tiles = tqdm(total=0, unit="pass", leave=False, disable=args.quiet, desc=src.name)
+        tiles = tqdm(total=0, unit="pass", leave=False, disable=quiet_bars, desc=src.name)
 
         def progress(done: int, total: int, _t=tiles) -> None:
             _t.total = total
@@ -195,7 +254,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         save_image(dst, y, alpha, info)
         bar.update(1)
         if not args.quiet:
-            bar.write(f"{src} -> {dst} ({y.shape[-1]}x{y.shape[-2]}{', 16-bit' if info.sixteen_bit else ''})")
+            bar.write(f"{who}{src} -> {dst} ({y.shape[-1]}x{y.shape[-2]}{', 16-bit' if info.sixteen_bit else ''})")
     bar.close()
     return 0
 
@@ -289,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"), help="compute dtype")
     up.add_argument("--format", default="png", choices=("png", "jpg", "webp"), help="output format for folders")
     up.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    up.add_argument("--skip-existing", action="store_true",
+                    help="keep existing output files and upscale only the inputs without one (resume a folder)")
     up.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     up.set_defaults(func=cmd_upscale)
 

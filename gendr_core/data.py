@@ -11,6 +11,10 @@ function of ``(seed, epoch, index)`` and identical with any ``num_workers``:
 * crop, flips/transposition and :class:`~gendr_core.degradation.DegradationParams`: a
   per-item ``torch.Generator`` seeded by (seed, epoch, index).
 
+:class:`ShardedHRDataset` gives the same items from tar shards packed by
+``trainers/make_shards.py``, read lazily one image at a time (memory flat in the number of
+images), with a two-level (shard, then image) shuffle per pass.
+
 Images smaller than the crop are reflect-padded (not upscaled: an upscaled HR target is soft
 and would teach the model to blur).
 
@@ -24,11 +28,14 @@ contended -- hence :func:`make_loader` defaults to one worker.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import multiprocessing as mp
 import sys
+import tarfile
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -47,7 +54,7 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
 # Stream tags mixed into the seeds so permutation, scale and item draws are independent.
-_TAG_PERMUTATION, _TAG_SCALE, _TAG_ITEM = 1, 2, 3
+_TAG_PERMUTATION, _TAG_SCALE, _TAG_ITEM, _TAG_SHARD_ROWS = 1, 2, 3, 4
 
 DEFAULT_DEGRADATION = DegradationConfig()
 
@@ -77,10 +84,11 @@ def find_images(roots: str | Path | Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def _decode_rgb_uint8(path: Path) -> Tensor:
-    """Decode one file to (3,H,W) uint8 RGB (grayscale replicated, alpha dropped, EXIF-rotated)."""
+def _decode_rgb_uint8(path: Path | str, data: bytes | None = None) -> Tensor:
+    """Decode one file (or its bytes ``data``, ``path`` then only names it in errors) to (3,H,W)
+    uint8 RGB (grayscale replicated, alpha dropped, EXIF-rotated)."""
     try:
-        with Image.open(path) as im:
+        with Image.open(path if data is None else io.BytesIO(data)) as im:
             im = ImageOps.exif_transpose(im)
             if im.mode in _SIXTEEN_BIT_MODES:  # 16-bit grayscale: scale 0..65535 -> 0..255
                 gray = np.asarray(im, dtype=np.float64)
@@ -166,6 +174,20 @@ class HRFolderDataset(Dataset):
         augment: bool = True,
         shuffle: bool = True,
     ) -> None:
+        self._configure(crop_size, scales, degradation, seed, epoch_length, batch_size, augment, shuffle)
+        self.files = find_images(root)
+        self._perm: dict[tuple[int, int], Tensor] = {}
+        self._cache: list[Tensor] | None = None
+        if cache:
+            t0 = time.perf_counter()
+            self._cache = [_decode_rgb_uint8(p) for p in self.files]
+            mb = sum(t.numel() for t in self._cache) / 2**20
+            logger.info("decoded %d images (%.0f MiB uint8) in %.1f s", len(self.files), mb,
+                        time.perf_counter() - t0)
+
+    def _configure(self, crop_size: int, scales: Sequence[int] | None, degradation: DegradationConfig | None,
+                   seed: int, epoch_length: int | None, batch_size: int, augment: bool, shuffle: bool) -> None:
+        """Check and set the crop/scale/degradation/seed settings shared with :class:`ShardedHRDataset`."""
         if not isinstance(crop_size, int) or crop_size < 1:
             raise ConfigError(f"crop_size={crop_size!r} must be a positive integer")
         if not isinstance(seed, int) or seed < 0:
@@ -186,7 +208,6 @@ class HRFolderDataset(Dataset):
         if degradation is None:
             degradation = DegradationConfig.bicubic(scales)
         degradation.check_dependencies()
-        self.files = find_images(root)
         self.crop_size = crop_size
         self.scales = scales
         self.degradation = degradation
@@ -196,17 +217,14 @@ class HRFolderDataset(Dataset):
         self.augment = augment
         self.shuffle = shuffle
         self.epoch = 0
-        self._perm: dict[tuple[int, int], Tensor] = {}
-        self._cache: list[Tensor] | None = None
-        if cache:
-            t0 = time.perf_counter()
-            self._cache = [_decode_rgb_uint8(p) for p in self.files]
-            mb = sum(t.numel() for t in self._cache) / 2**20
-            logger.info("decoded %d images (%.0f MiB uint8) in %.1f s", len(self.files), mb,
-                        time.perf_counter() - t0)
+
+    @property
+    def num_images(self) -> int:
+        """How many distinct images the dataset crops from."""
+        return len(self.files)
 
     def __len__(self) -> int:
-        return self.epoch_length if self.epoch_length is not None else len(self.files)
+        return self.epoch_length if self.epoch_length is not None else self.num_images
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch (new order, scales, crops); call before creating the loader iterator."""
@@ -242,6 +260,10 @@ class HRFolderDataset(Dataset):
         """File ``i`` as (3,H,W) uint8 (from the cache when enabled)."""
         return self._cache[i] if self._cache is not None else _decode_rgb_uint8(self.files[i])
 
+    def image_name(self, i: int) -> str:
+        """Where image ``i`` comes from (the ``path`` of its items)."""
+        return str(self.files[i])
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} items")
@@ -255,7 +277,7 @@ class HRFolderDataset(Dataset):
         params = sample_degradation(self.degradation, gen, (self.crop_size, self.crop_size), scale=scale)
         lr = degrade(hr, params)  # (3, crop/s, crop/s)
         return {"hr": hr, "lr": lr, "scale": scale, "params": params.to_json(),
-                "path": str(self.files[i]), "index": index}
+                "path": self.image_name(i), "index": index}
 
 
 def collate_pairs(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -290,14 +312,183 @@ def make_loader(dataset: HRFolderDataset, num_workers: int = 1, drop_last: bool 
                       multiprocessing_context=context)
 
 
+# ----------------------------------------------------------------------------- HR image shards
+
+HR_SHARDS_FORMAT = "gendr-pix-hr-shards/1"
+SHARD_MANIFEST = "manifest.json"
+
+
+def read_shard_manifest(path: str | Path) -> tuple[Path, list[dict[str, Any]]]:
+    """``(manifest file, shard entries)`` of a folder written by ``trainers/make_shards.py`` (or of
+    its ``manifest.json`` itself). Every entry has ``name``, ``count`` (images) and ``bytes``; the
+    files must exist with those sizes, and the manifest must say the packing finished."""
+    path = Path(path).expanduser()
+    manifest = path / SHARD_MANIFEST if path.is_dir() else path
+    if not manifest.is_file():
+        raise FileNotFoundError(f"no shard manifest {manifest}; pack a folder with "
+                                "`python -m trainers.make_shards SRC --out DIR` and set data.shards=DIR")
+    try:
+        data = json.loads(manifest.read_text())
+        fmt, shards, complete = data.get("format"), data["shards"], data.get("complete")
+        entries = [{"name": str(e["name"]), "count": int(e["count"]), "bytes": int(e["bytes"])} for e in shards]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ImageInputError(f"cannot read the shard manifest {manifest}: {exc!r}") from None
+    if fmt != HR_SHARDS_FORMAT:
+        raise ImageInputError(f"{manifest}: format={fmt!r}, expected {HR_SHARDS_FORMAT!r} (a folder packed by "
+                              "trainers/make_shards.py)")
+    if complete is not True:
+        raise ImageInputError(f"{manifest}: packing has not finished ({len(entries)} shard(s) so far); run "
+                              "trainers/make_shards.py again with the same arguments to complete it")
+    if not entries or any(e["count"] < 1 for e in entries):
+        raise ImageInputError(f"{manifest}: every shard must hold at least one image, got counts "
+                              f"{[e['count'] for e in entries][:8]}")
+    for e in entries:
+        f = manifest.parent / e["name"]
+        size = f.stat().st_size if f.is_file() else None
+        if size != e["bytes"]:
+            raise ImageInputError(f"{f}: " + ("missing" if size is None else f"{size} bytes") + f", but {manifest.name} "
+                                  f"records {e['bytes']}; re-run trainers/make_shards.py to rewrite it")
+    return manifest, entries
+
+
+def shard_members(path: Path) -> np.ndarray:
+    """(N, 2) int64 (data offset, size) of the image members of a tar shard, in tar order.
+
+    Only the 512-byte headers are read. WebDataset layout: a sample is the members sharing a key
+    (``000000042.png``, ``000000042.json``, ...); each sample here has one image member
+    (IMAGE_EXTENSIONS) and other members are ignored."""
+    rows = []
+    try:
+        with tarfile.open(path, mode="r:") as tf:
+            for m in tf:
+                if m.isfile() and Path(m.name).suffix.lower() in IMAGE_EXTENSIONS:
+                    rows.append((m.offset_data, m.size))
+    except (OSError, tarfile.TarError) as exc:
+        raise ImageInputError(f"cannot read tar shard {path}: {exc}") from None
+    return np.asarray(rows, dtype=np.int64).reshape(-1, 2)
+
+
+class ShardedHRDataset(HRFolderDataset):
+    """:class:`HRFolderDataset` items read lazily from tar shards (``trainers/make_shards.py``).
+
+    Memory stays flat as the dataset grows: only the manifest's per-shard counts (O(shards)) and
+    the member tables of the last few shards a process touched are held, and one image is read
+    (one seek + read in its shard) and decoded per item. Crops, flips, scales and degradations are
+    the folder dataset's, drawn from the same (seed, epoch, index) generators.
+
+    Order (``shuffle``): pass ``c = index // n`` over the ``n`` images visits the shards in a
+    permutation seeded by (seed, epoch, c) and each shard's images in a permutation seeded by
+    (seed, epoch, c, shard) -- a two-level shuffle (shards should be packed in shuffled order, as
+    make_shards does by default, so that a shard is a random sample). Every image is seen once per
+    pass, and an item is a pure function of (seed, epoch, index); the trainers'
+    :class:`~trainers.loop.StepBatchSampler` gives each process its slice of every global batch and
+    the DataLoader hands each batch to one worker, so the world sees every image once per pass and a
+    resumed run reads what an uninterrupted one does. ``shuffle=False`` reads images in packed order.
+    """
+
+    _KEEP_SHARDS = 4  # member tables and row permutations kept per process
+
+    def __init__(
+        self,
+        shards: str | Path,
+        crop_size: int = 192,
+        scales: Sequence[int] | None = None,
+        degradation: DegradationConfig | None = DEFAULT_DEGRADATION,
+        seed: int = 0,
+        epoch_length: int | None = None,
+        batch_size: int = 1,
+        augment: bool = True,
+        shuffle: bool = True,
+    ) -> None:
+        self._configure(crop_size, scales, degradation, seed, epoch_length, batch_size, augment, shuffle)
+        self.manifest, entries = read_shard_manifest(shards)
+        self.shard_files = [self.manifest.parent / e["name"] for e in entries]
+        self.counts = np.asarray([e["count"] for e in entries], dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(self.counts)[:-1]])  # first image id of each shard
+        self._orders: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._rows: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
+        self._members: OrderedDict[int, np.ndarray] = OrderedDict()
+        logger.info("%d images in %d shards (%s)", self.num_images, len(self.shard_files), self.manifest)
+
+    @property
+    def num_images(self) -> int:
+        return int(self.counts.sum())
+
+    def _shard_order(self, cycle: int) -> tuple[np.ndarray, np.ndarray]:
+        """(shard order, first position of each shard in that order) of pass ``cycle``."""
+        key = (self.epoch, cycle)
+        if key not in self._orders:
+            if len(self._orders) > 4:
+                self._orders.clear()
+            gen = torch.Generator().manual_seed(self._seed(_TAG_PERMUTATION, cycle))
+            order = torch.randperm(len(self.counts), generator=gen).numpy()
+            self._orders[key] = order, np.concatenate([[0], np.cumsum(self.counts[order])[:-1]])
+        return self._orders[key]
+
+    def _shard_rows(self, cycle: int, shard: int) -> np.ndarray:
+        """The order in which pass ``cycle`` visits the images of ``shard``."""
+        key = (self.epoch, cycle, shard)
+        if key not in self._rows:
+            gen = torch.Generator().manual_seed(self._seed(_TAG_SHARD_ROWS, cycle * len(self.counts) + shard))
+            self._rows[key] = torch.randperm(int(self.counts[shard]), generator=gen).numpy()
+            while len(self._rows) > self._KEEP_SHARDS:
+                self._rows.popitem(last=False)
+        return self._rows[key]
+
+    def image_index(self, index: int) -> int:
+        """The image id (packed order, 0..n-1) that item ``index`` crops."""
+        cycle, pos = divmod(index, self.num_images)
+        if not self.shuffle:
+            return pos
+        order, first = self._shard_order(cycle)
+        k = int(np.searchsorted(first, pos, side="right")) - 1
+        shard = int(order[k])
+        return int(self.starts[shard]) + int(self._shard_rows(cycle, shard)[pos - first[k]])
+
+    def _locate(self, i: int) -> tuple[int, int]:
+        shard = int(np.searchsorted(self.starts, i, side="right")) - 1
+        return shard, i - int(self.starts[shard])
+
+    def _member_table(self, shard: int) -> np.ndarray:
+        if shard in self._members:
+            self._members.move_to_end(shard)
+            return self._members[shard]
+        table = shard_members(self.shard_files[shard])
+        if len(table) != self.counts[shard]:
+            raise ImageInputError(f"{self.shard_files[shard]}: {len(table)} images, but {self.manifest} records "
+                                  f"{int(self.counts[shard])}; re-run trainers/make_shards.py to rewrite it")
+        self._members[shard] = table
+        while len(self._members) > self._KEEP_SHARDS:
+            self._members.popitem(last=False)
+        return table
+
+    def image(self, i: int) -> Tensor:
+        """Image ``i`` (packed order) as (3,H,W) uint8, read from its shard."""
+        shard, row = self._locate(i)
+        offset, size = (int(v) for v in self._member_table(shard)[row])
+        path = self.shard_files[shard]
+        with path.open("rb") as f:  # opened per read: safe in forked DataLoader workers
+            f.seek(offset)
+            data = f.read(size)
+        if len(data) != size:
+            raise ImageInputError(f"{path}: image {row} is cut off ({len(data)} of {size} bytes)")
+        return _decode_rgb_uint8(self.image_name(i), data)
+
+    def image_name(self, i: int) -> str:
+        shard, row = self._locate(i)
+        return f"{self.shard_files[shard]}#{row}"
+
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "HRFolderDataset",
+    "ShardedHRDataset",
     "collate_pairs",
     "find_images",
     "make_loader",
     "random_crop",
     "random_dihedral",
+    "read_shard_manifest",
 ]
 
 

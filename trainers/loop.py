@@ -35,7 +35,8 @@ from safetensors.torch import load_file, save_file
 
 from gendr_core.checkpoint import load_state_dict, read_header, resolve_model_path
 from gendr_core.config import JSONConfig
-from gendr_core.degradation import degrade_fixed
+from gendr_core.data import HRFolderDataset, ShardedHRDataset
+from gendr_core.degradation import DegradationConfig, degrade_fixed
 from gendr_core.errors import ConfigError, MissingDependencyError
 from gendr_core.imageio import load_image
 from gendr_core.metrics import psnr_y
@@ -56,6 +57,9 @@ C = TypeVar("C")
 @dataclass(frozen=True)
 class DataConfig(JSONConfig):
     train_dirs: tuple[str, ...] = ("../shared/data/train_hr",)
+    # folder packed by trainers/make_shards.py: when set, training images stream from its tar shards
+    # (gendr_core.data.ShardedHRDataset) instead of being decoded from train_dirs into memory
+    shards: str | None = None
     val_dirs: tuple[str, ...] = ("../shared/data/val/Set5/HR", "../shared/data/val/Set14/HR")
     crop_size: int = 192
     batch_size: int = 8
@@ -81,6 +85,19 @@ class OptimConfig(JSONConfig):
     def __post_init__(self) -> None:
         if self.schedule not in ("cosine", "constant"):
             raise ConfigError(f"optim.schedule={self.schedule!r} must be 'cosine' or 'constant'")
+
+
+def build_hr_dataset(data: DataConfig, degradation: DegradationConfig | None, seed: int,
+                     epoch_length: int) -> HRFolderDataset:
+    """The trainers' (HR crop, degraded LR) items: streamed from ``data.shards`` when set
+    (:class:`~gendr_core.data.ShardedHRDataset`, memory flat in the number of images), else the
+    images of ``data.train_dirs`` decoded once into memory (:class:`~gendr_core.data.HRFolderDataset`).
+    ``data.batch_size`` (the global batch) is the one-scale-per-batch group of both."""
+    common = dict(crop_size=data.crop_size, scales=data.scales, degradation=degradation, seed=seed,
+                  epoch_length=epoch_length, batch_size=data.batch_size)
+    if data.shards:
+        return ShardedHRDataset(data.shards, **common)
+    return HRFolderDataset(list(data.train_dirs), **common)
 
 
 def read_config_json(path: Path, chain: tuple[Path, ...] = ()) -> dict:

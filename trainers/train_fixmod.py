@@ -49,7 +49,6 @@ from gendr_core.checkpoint import (
     save_model,
 )
 from gendr_core.config import FixModConfig, JSONConfig
-from gendr_core.data import HRFolderDataset
 from gendr_core.degradation import DegradationConfig
 from gendr_core.errors import ConfigError
 from gendr_core.losses import l1_loss, masked_fourier_loss
@@ -65,6 +64,7 @@ from trainers.loop import (
     OptimConfig,
     StepBatchSampler,
     batch_shard,
+    build_hr_dataset,
     ema_update,
     finish_distributed,
     gather_indices,
@@ -191,6 +191,9 @@ class _Cycle(torch.utils.data.Dataset):
 
 
 def build_dataset(cfg: FixModTrainConfig):
+    if cfg.targets and cfg.data.shards:
+        raise ConfigError(f"give targets={cfg.targets} (teacher pairs) or data.shards={cfg.data.shards} (HR images), "
+                          "not both")
     if cfg.targets:
         try:
             from gendr_core.data import TeacherPairShards
@@ -200,9 +203,7 @@ def build_dataset(cfg: FixModTrainConfig):
         logger.info("targets: %d precomputed teacher pairs from %s", len(ds), cfg.targets)
         return _Cycle(ds)
     bsz = cfg.data.batch_size
-    return HRFolderDataset(list(cfg.data.train_dirs), crop_size=cfg.data.crop_size, scales=cfg.data.scales,
-                           degradation=cfg.degradation or DegradationConfig(), seed=cfg.seed,
-                           epoch_length=cfg.optim.max_steps * bsz, batch_size=bsz)
+    return build_hr_dataset(cfg.data, cfg.degradation or DegradationConfig(), cfg.seed, cfg.optim.max_steps * bsz)
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:

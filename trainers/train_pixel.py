@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from gendr_core.config import GenDRPixConfig, JSONConfig
-from gendr_core.data import HRFolderDataset, collate_pairs
+from gendr_core.data import collate_pairs
 from gendr_core.degradation import DegradationConfig
 from gendr_core.errors import ConfigError
 from gendr_core.losses import (
@@ -70,6 +70,7 @@ from trainers.loop import (
     OptimConfig,
     StepBatchSampler,
     batch_shard,
+    build_hr_dataset,
     check_accumulation,
     ema_update,
     exclude_from_ddp,
@@ -254,9 +255,7 @@ def train(cfg: PixelTrainConfig, resume: bool = True, stop_after: int | None = N
     end = o.max_steps if stop_after is None else min(o.max_steps, step + stop_after)
 
     # -- data
-    ds = HRFolderDataset(list(cfg.data.train_dirs), crop_size=cfg.data.crop_size, scales=cfg.data.scales,
-                         degradation=cfg.degradation or DegradationConfig(), seed=cfg.seed,
-                         epoch_length=o.max_steps * bsz, batch_size=bsz)
+    ds = build_hr_dataset(cfg.data, cfg.degradation or DegradationConfig(), cfg.seed, o.max_steps * bsz)
     sampler = StepBatchSampler(bsz, step, end, shard)
     dl = torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=cfg.data.num_workers,
                                      collate_fn=collate_pairs, persistent_workers=cfg.data.num_workers > 0)

@@ -89,7 +89,7 @@ from tqdm.auto import tqdm
 
 from gendr_core.checkpoint import load_model, read_header, resolve_model_path
 from gendr_core.config import GenDRPixConfig, JSONConfig
-from gendr_core.data import HRFolderDataset, collate_pairs
+from gendr_core.data import collate_pairs
 from gendr_core.degradation import DegradationConfig
 from gendr_core.errors import ConfigError
 from gendr_core.losses import (
@@ -112,6 +112,7 @@ from trainers.loop import (
     OptimConfig,
     StepBatchSampler,
     batch_shard,
+    build_hr_dataset,
     check_accumulation,
     ema_update,
     finish_distributed,
@@ -306,6 +307,9 @@ def build_dataset(cfg: Stage2Config):
     """Step-indexed training items: teacher shards (hr, lr, xr; stored pairs repeat every pass with
     a fresh flip/transpose drawn from (seed, index)), or HR crops + on-the-fly degradation."""
     bsz = cfg.data.batch_size
+    if cfg.targets and cfg.data.shards:
+        raise ConfigError(f"give targets={cfg.targets} (teacher pairs) or data.shards={cfg.data.shards} (HR images), "
+                          "not both")
     if cfg.targets:
         from gendr_core.data import TeacherPairShards  # written by make_teacher_targets; only for shard runs
 
@@ -314,9 +318,7 @@ def build_dataset(cfg: Stage2Config):
             raise ConfigError(f"data.scales={list(cfg.data.scales)} but the shards in targets={cfg.targets} are x{ds.scale}")
         logger.info("targets: %d precomputed teacher pairs (x%d) from %s", ds.n, ds.scale, cfg.targets)
         return ds
-    return HRFolderDataset(list(cfg.data.train_dirs), crop_size=cfg.data.crop_size, scales=cfg.data.scales,
-                           degradation=cfg.degradation or DegradationConfig(), seed=cfg.seed,
-                           epoch_length=cfg.optim.max_steps * bsz, batch_size=bsz)
+    return build_hr_dataset(cfg.data, cfg.degradation or DegradationConfig(), cfg.seed, cfg.optim.max_steps * bsz)
 
 
 def discriminator_loss(features: FrozenGeneratorFeatures, heads: nn.Module, x_h: torch.Tensor, x_g: torch.Tensor,
