@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -198,19 +200,24 @@ def test_memory_stays_flat_from_1k_to_10k_images(tmp_path):
             Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(src / f"{i:05d}.png",
                                                                                      compress_level=0)
         ms.make_shards([src], tmp_path / f"shards{n}", per_shard=100)
-    kw = dict(crop_size=16, scales=(4,), degradation=None, seed=0, batch_size=8)
 
-    def spread(n):  # 100 batches of 8 spread over the whole pass, so every shard is visited
-        pos = np.linspace(0, n - 1, 800).astype(int).tolist()
-        return [pos[k:k + 8] for k in range(0, 800, 8)]
+    def growth(kind: str, root: Path, n: int) -> int:
+        # a fresh interpreter per measurement: in a long pytest process the allocator reuses pages freed by
+        # earlier tests, so RSS would not grow at all and both bounds would be meaningless
+        code = ("import sys, torch; sys.path.insert(0, %r); import tests.test_shards as t; "
+                "from gendr_core.data import HRFolderDataset, ShardedHRDataset; import numpy as np; "
+                "kw = dict(crop_size=16, scales=(4,), degradation=None, seed=0, batch_size=8); "
+                "pos = np.linspace(0, %d - 1, 800).astype(int).tolist(); b = [pos[k:k + 8] for k in range(0, 800, 8)]; "
+                "cls = %s; print(t._peak_growth_kib(lambda: cls(%r, **kw), b))"
+                ) % (str(REPO), n, kind, str(root))
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+        return int(out.stdout.strip().splitlines()[-1])
 
-    _peak_growth_kib(lambda: ShardedHRDataset(tmp_path / "shards1000", **kw), spread(1000))  # warm-up
-    small = _peak_growth_kib(lambda: ShardedHRDataset(tmp_path / "shards1000", **kw), spread(1000))
-    large = _peak_growth_kib(lambda: ShardedHRDataset(tmp_path / "shards10000", **kw), spread(10000))
+    small = growth("ShardedHRDataset", tmp_path / "shards1000", 1000)
+    large = growth("ShardedHRDataset", tmp_path / "shards10000", 10000)
     assert large - small < 1024, (small, large)  # KiB: 10x the images, under 1 MiB more peak memory
-    # the check can fail: the in-memory folder dataset grows with the images (10 x 9000 x 768 B of pixels)
-    cached_small = _peak_growth_kib(lambda: HRFolderDataset(tmp_path / "src1000", **kw), spread(1000))
-    cached_large = _peak_growth_kib(lambda: HRFolderDataset(tmp_path / "src10000", **kw), spread(10000))
+    cached_small = growth("HRFolderDataset", tmp_path / "src1000", 1000)
+    cached_large = growth("HRFolderDataset", tmp_path / "src10000", 10000)
     assert cached_large - cached_small > 6 * 1024, (cached_small, cached_large)
 
 
