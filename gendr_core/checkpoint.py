@@ -129,6 +129,31 @@ def _check_path(path: Path) -> None:
                                     "use `gendr-pix convert`)")
 
 
+def check_device(device: str | torch.device, name: str = "device") -> torch.device:
+    """``device`` as a ``torch.device``, or one ConfigError line when this machine lacks it.
+
+    Checked before any file is read: a device string torch does not know ('gpu'), CUDA on a
+    CPU-only build or with no GPU visible, and a CUDA index past the last GPU. ``name`` is how
+    the caller's user spells the option (``device`` for the API, ``--device`` for a CLI flag).
+    """
+    said = f"{name} {device}" if name.startswith("--") else f"{name}={str(device)!r}"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"{said} is not a device; use 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type != "cuda":
+        return dev
+    if not torch.cuda.is_available():
+        build = ("a CPU-only build" if torch.version.cuda is None
+                 else f"built for CUDA {torch.version.cuda}, but no GPU is visible")
+        raise ConfigError(f"{said}: no CUDA device is available (torch {torch.__version__} is {build}); "
+                          "use 'cpu', or install a CUDA build of PyTorch")
+    count = torch.cuda.device_count()
+    if dev.index is not None and dev.index >= count:
+        raise ConfigError(f"{said}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+    return dev
+
+
 def default_dtype(device: torch.device) -> torch.dtype:
     """fp32 on CPU; bf16 on GPUs that support it (SD2.x attention is unstable in fp16)."""
     if device.type == "cuda":
@@ -195,12 +220,13 @@ def load_model(
 
     A file with a learned FixMod (``gendr_pix.fixmod_config`` + ``fixmod.*`` tensors) gets it
     attached as ``model.fixmod``; without one ``model.fixmod`` is None. ``device`` defaults to
-    CUDA when available; ``dtype`` to :func:`default_dtype`.
+    CUDA when available, and a device this machine lacks is refused by :func:`check_device`
+    before the file is read; ``dtype`` defaults to :func:`default_dtype`.
     """
+    dev = check_device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     path = resolve_model_path(name_or_path)
     kind, config, meta = read_header(path)
     fixmod_config = read_fixmod_config(path, meta)
-    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dt = parse_dtype(dtype) or default_dtype(dev)
     with torch.device("meta"):
         model = build_model(config)
