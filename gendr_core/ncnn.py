@@ -29,7 +29,6 @@ Facts about the ncnn formats used here (from ncnn's documentation of its model f
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -327,19 +326,12 @@ def ncnn_state_dict(layers: list[NcnnLayer], where: str | os.PathLike = "ncnn mo
     return NcnnConversion(sd, family, 2 ** sum(k.startswith("conv_up") and k.endswith(".weight") for k in sd))
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def convert_ncnn(param: str | os.PathLike, out: str | os.PathLike, bin_path: str | os.PathLike | None = None) -> Path:
     """``X.param`` (+ ``X.bin``) -> ``out`` (.safetensors, float32, spandrel-loadable), atomically."""
     from safetensors.torch import save_file
 
-    from .fileio import atomic_write
+    from .fileio import atomic_write, file_sha256
 
     param = Path(param)
     bin_path = Path(bin_path) if bin_path else param.with_suffix(".bin")
@@ -350,8 +342,8 @@ def convert_ncnn(param: str | os.PathLike, out: str | os.PathLike, bin_path: str
     conv = ncnn_state_dict(layers, param)
     for note in conv.notes:
         logger.warning("%s: %s", param, note)
-    meta = {"source": f"{param.name} + {bin_path.name}", "source_bin_sha256": _sha256(bin_path),
-            "source_param_sha256": _sha256(param), "licence": LICENCE, "architecture": conv.family,
+    meta = {"source": f"{param.name} + {bin_path.name}", "source_bin_sha256": file_sha256(bin_path),
+            "source_param_sha256": file_sha256(param), "licence": LICENCE, "architecture": conv.family,
             "scale": str(conv.scale), "converted_by": "gendr-pix convert (gendr_core.ncnn)"}
     if conv.notes:
         meta["notes"] = " | ".join(conv.notes)

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from gendr_core.data import HR_SHARDS_FORMAT, SHARD_MANIFEST, find_images
 from gendr_core.errors import ConfigError, ImageInputError
-from gendr_core.fileio import atomic_write
+from gendr_core.fileio import atomic_write, file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -74,13 +74,6 @@ def plan_shards(files: Sequence[Path], per_shard: int, order: str = "shuffled", 
         plan.append(PlannedShard(f"shard-{k:06d}.tar", group, first, h.hexdigest()))
     return plan
 
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _check_image(path: Path, data: bytes) -> None:

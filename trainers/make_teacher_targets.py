@@ -19,7 +19,6 @@ Run:  python -m trainers.make_teacher_targets --teacher runs/teachers/realesrgan
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import time
@@ -32,7 +31,7 @@ from tqdm.auto import tqdm
 from gendr_core.data import HRFolderDataset
 from gendr_core.degradation import DegradationConfig
 from gendr_core.errors import ConfigError
-from gendr_core.fileio import atomic_write
+from gendr_core.fileio import atomic_write, file_sha256
 from gendr_core.teachers import load_teacher
 from trainers.loop import read_config_json
 
@@ -40,13 +39,6 @@ logger = logging.getLogger("trainers.make_teacher_targets")
 
 DEFAULT_CONFIG = "trainers/configs/gendr_pix_s_stage8.json"  # the shipped fidelity model's last recipe
 
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -92,7 +84,7 @@ def make_targets(teacher_path: str, out: str | Path, train_dirs: list[str], coun
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     teacher = load_teacher(teacher_path)
-    digest = sha256_file(Path(teacher_path))
+    digest = file_sha256(Path(teacher_path))
     ds = HRFolderDataset(train_dirs, crop_size=crop, scales=(scale,), degradation=degradation or DegradationConfig(),
                          seed=seed, epoch_length=count, batch_size=1)
     meta_common = {"teacher": teacher.name, "teacher_file": Path(teacher_path).name, "teacher_sha256": digest,

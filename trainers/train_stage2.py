@@ -73,7 +73,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import logging
 import time
@@ -92,6 +91,7 @@ from gendr_core.config import GenDRPixConfig, JSONConfig
 from gendr_core.data import collate_pairs
 from gendr_core.degradation import DegradationConfig
 from gendr_core.errors import ConfigError
+from gendr_core.fileio import file_sha256
 from gendr_core.losses import (
     DISTS,
     discriminator_adv_loss,
@@ -379,14 +379,6 @@ def generator_losses(loss: Stage2LossConfig, x_g: torch.Tensor, x_r: torch.Tenso
     return out
 
 
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with resolve_model_path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # ----------------------------------------------------------------------------- main
 
 
@@ -451,7 +443,7 @@ def train(cfg: Stage2Config, resume: bool = True, stop_after: int | None = None)
         run = {"kind": "run", "step": step, "perceptual": cfg.loss.perceptual_kind if cfg.loss.perceptual else "off",
                "target_source": cfg.target_source, "disc_depths": list(features.depths),
                "disc_channels": list(features.channels), "randpad_generator": cfg.loss.randpad_generator,
-               "disc_backbone_sha256": file_sha256(cfg.disc_backbone)}
+               "disc_backbone_sha256": file_sha256(resolve_model_path(cfg.disc_backbone))}
         old = {r.get("disc_backbone_sha256") for r in log.read() if r.get("kind") == "run"} - {None}
         if old and old != {run["disc_backbone_sha256"]}:
             logger.warning("disc_backbone=%s changed since this run started (sha256 %s, now %s): the discriminator "
