@@ -136,18 +136,21 @@ def check_device(device: str | torch.device, name: str = "device") -> torch.devi
     CPU-only build or with no GPU visible, and a CUDA index past the last GPU. ``name`` is how
     the caller's user spells the option (``device`` for the API, ``--device`` for a CLI flag).
     """
-    said = f"{name} {device}" if name.startswith("--") else f"{name}={str(device)!r}"
+    flag = name.startswith("--")
+    said = f"{name} {device}" if flag else f"{name}={str(device)!r}"
+    cpu = f"{name} cpu" if flag else "'cpu'"
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise ConfigError(f"{said} is not a device; use 'cpu', 'cuda' or 'cuda:N'") from None
+        raise ConfigError(f"{said} is not a device; use " + (f"{name} cpu, {name} cuda or {name} cuda:N" if flag
+                                                            else "'cpu', 'cuda' or 'cuda:N'")) from None
     if dev.type != "cuda":
         return dev
     if not torch.cuda.is_available():
         build = ("a CPU-only build" if torch.version.cuda is None
                  else f"built for CUDA {torch.version.cuda}, but no GPU is visible")
         raise ConfigError(f"{said}: no CUDA device is available (torch {torch.__version__} is {build}); "
-                          "use 'cpu', or install a CUDA build of PyTorch")
+                          f"use {cpu}, or install a CUDA build of PyTorch")
     count = torch.cuda.device_count()
     if dev.index is not None and dev.index >= count:
         raise ConfigError(f"{said}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")

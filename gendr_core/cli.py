@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .checkpoint import CONFIG_KEY, DEFAULT_MODEL, FIXMOD_CONFIG_KEY, SHIPPED_MODELS
+from .checkpoint import CONFIG_KEY, DEFAULT_MODEL, FIXMOD_CONFIG_KEY, SHIPPED_MODELS, check_device
 from .errors import GenDRPixError
 from .ops.guidance import ENSEMBLE_SIZES
 from .validation import parse_pad_text
@@ -131,22 +131,6 @@ def load_embedding(path: str, flag: str):
     return emb.float()
 
 
-def check_device(device: str | None) -> None:
-    """One clear line for a CUDA device this machine does not have."""
-    import torch
-
-    if device is None or not device.startswith("cuda"):
-        return
-    if not torch.cuda.is_available():
-        build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, but no GPU is visible"
-        raise GenDRPixError(f"--device {device}: no CUDA device is available (torch {torch.__version__} is {build}); "
-                            "use --device cpu, or install a CUDA build of PyTorch")
-    index = int(device.split(":", 1)[1]) if ":" in device and device.split(":", 1)[1].isdigit() else 0
-    if index >= torch.cuda.device_count():
-        raise GenDRPixError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s) "
-                            f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
-
-
 def launch_share(env: dict[str, str] | None = None) -> tuple[int, int, int]:
     """(rank, world size, local rank) of this process under ``torchrun`` / ``accelerate launch``,
     which set RANK, WORLD_SIZE and LOCAL_RANK for every process; (0, 1, 0) when run alone. No
@@ -203,7 +187,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         raise GenDRPixError("give --overwrite (replace existing outputs) or --skip-existing (keep them), not both")
     rank, world, local_rank = launch_share()
     device = process_device(args.device, world, local_rank)
-    check_device(device)
+    if device is not None:
+        check_device(device, "--device")
     files = _collect_inputs(args.inputs)
     outs = _plan_outputs(files, args.output, scale, args.format)
     if len(set(outs)) != len(outs):

@@ -28,7 +28,7 @@ def test_cuda_build_without_a_visible_gpu_and_cli_spelling(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.version, "cuda", "12.8")
     with pytest.raises(ConfigError, match=r"^--device cuda:1: no CUDA device is available \(torch .* is built for "
-                                          r"CUDA 12\.8, but no GPU is visible\); use 'cpu'"):
+                                          r"CUDA 12\.8, but no GPU is visible\); use --device cpu,"):
         check_device("cuda:1", "--device")
 
 
@@ -43,3 +43,6 @@ def test_cuda_index_past_the_last_gpu_and_unknown_device_strings(monkeypatch):
         check_device("gpu")
     assert str(info.value) == "device='gpu' is not a device; use 'cpu', 'cuda' or 'cuda:N'"
     assert check_device(torch.device("cpu")) == torch.device("cpu")
+    with pytest.raises(ConfigError) as info:
+        check_device("gpu", "--device")
+    assert str(info.value) == "--device gpu is not a device; use --device cpu, --device cuda or --device cuda:N"
