@@ -232,6 +232,8 @@ class BenchConfig:
     threads: int | None = None
     seed: int = 0
     speed: SpeedOptions = SpeedOptions()
+    tiling: str = "off"  # "off" (whole image, the default), "auto" (the library's choice) or "fixed"
+    tile_size: int = 512  # output pixels per tile side when tiling is "fixed"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sizes", tuple((int(w), int(h)) for w, h in self.sizes))
@@ -249,6 +251,10 @@ class BenchConfig:
             raise ConfigError(f"repeats={self.repeats} must be >= 1 and warmup={self.warmup} >= 0")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads={self.threads} must be >= 1")
+        if self.tiling not in ("off", "auto", "fixed"):
+            raise ConfigError(f"tiling={self.tiling!r} must be 'off', 'auto' or 'fixed'")
+        if self.tile_size < 1:
+            raise ConfigError(f"tile_size={self.tile_size} must be >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -291,6 +297,7 @@ class BenchRow:
     first_run_seconds: float | None = None  # the first run (a warm-up when warmup > 0): holds compile time
     speed: dict[str, Any] | None = None  # SpeedOptions of the run and what they changed
     attention: dict[str, int] | None = None  # attention modules per processor class (SDPA: AttnProcessor2_0)
+    tiling: str = "off"  # how the run was tiled: "off", "auto (tile N)" / "auto (whole image)", "fixed N"
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -629,15 +636,18 @@ def model_macs(model, grid: tuple[int, int], guidance: float = 1.0, branch_mode:
 def measure_model(model, size: Sequence[int], *, scale: float = 4.0, guidance: float = 1.0,
                   branch_mode: str = "batched", warmup: int = 1, repeats: int = 3, seed: int = 0,
                   memory: str = "none", pipeline: str | None = None, weights: str | None = None,
-                  speed: dict[str, Any] | None = None, on_run: Callable[[], None] | None = None) -> BenchRow:
-    """One :class:`BenchRow`: time ``upscale(x, model, scale, guidance, tiling="off")`` on a seeded random
+                  speed: dict[str, Any] | None = None, on_run: Callable[[], None] | None = None,
+                  tiling: str = "off", tile_size: int = 512) -> BenchRow:
+    """One :class:`BenchRow`: time ``upscale(x, model, scale, guidance, tiling=tiling)`` on a seeded random
     input of ``size`` (output width, height) / ``scale`` pixels on the model's device, after
     ``warmup`` runs; peak memory per ``memory`` ("none", "rss": this process's peak RSS, "fresh_rss":
     the same in a fresh worker process; CUDA always ``max_memory_allocated``); MACs by
     :func:`model_macs`. ``speed``: the applied SpeedOptions (and what they changed), recorded in
-    the row; ``on_run()`` is called after every run (progress)."""
+    the row; ``on_run()`` is called after every run (progress). ``tiling`` "off" (default: the whole
+    image), "auto" or "fixed" (tiles of ``tile_size`` output pixels), as ``upscale``'s; MACs are
+    always those of the whole-image pass."""
     from .models.unet import attention_processors
-    from .pipeline import attention_kernels, upscale
+    from .pipeline import attention_kernels, auto_tile, upscale
 
     device = model.device
     opts = SpeedOptions(**{k: v for k, v in (speed or {}).items() if k in SpeedOptions.__dataclass_fields__})
@@ -646,7 +656,7 @@ def measure_model(model, size: Sequence[int], *, scale: float = 4.0, guidance: f
 
     def run() -> torch.Tensor:
         with attention_kernels(opts, device):
-            return upscale(x, model, scale, guidance, tiling="off", branch_mode=branch_mode)
+            return upscale(x, model, scale, guidance, tiling=tiling, tile_size=tile_size, branch_mode=branch_mode)
 
     times, first, y = _timed_runs(run, warmup, repeats, device, on_run)
     mem = _memory_fields(tracker, memory)
@@ -665,7 +675,20 @@ def measure_model(model, size: Sequence[int], *, scale: float = 4.0, guidance: f
         estimated_bytes=int(model.estimate_bytes(ph, pw, 2 if guidance != 1.0 and branch_mode == "batched" else 1)),
         output_shape=list(y.shape), threads=torch.get_num_threads(),
         macs=model_macs(model, tuple(y.shape[-2:]), guidance, branch_mode, opts),  # bicubic has no MACs
-        first_run_seconds=first, speed=speed, attention=attention_processors(model.unet), **mem)
+        first_run_seconds=first, speed=speed, attention=attention_processors(model.unet),
+        tiling=_tiling_label(model, tiling, tile_size, y.shape, guidance, branch_mode, auto_tile), **mem)
+
+
+def _tiling_label(model, tiling: str, tile_size: int, shape, guidance: float, branch_mode: str, auto_tile) -> str:
+    """What the row's runs did: "off", "fixed N" (N aligned as upscale aligns it), or "auto (...)"
+    with the tile :func:`~gendr_core.pipeline.auto_tile` chose."""
+    m = model.pad_multiple
+    if tiling == "fixed":
+        return f"fixed {max(m, tile_size // m * m)}"
+    if tiling == "auto":
+        t = auto_tile(model, int(shape[-2]), int(shape[-1]), int(shape[0]), guidance, branch_mode)
+        return f"auto (tile {t})" if t else "auto (whole image)"
+    return "off"
 
 
 def build_for_job(job: dict[str, Any]):
@@ -697,7 +720,8 @@ def measure(job: dict[str, Any], memory: str, built: tuple | None = None) -> dic
     row = measure_model(model, job["size"], scale=job["scale"], guidance=job["guidance"],
                         branch_mode=job["branch_mode"], warmup=job["warmup"], repeats=job["repeats"],
                         seed=job["seed"], memory=memory, pipeline=job["recipe"]["pipeline"],
-                        weights=job["recipe"]["weights"], speed=speed)
+                        weights=job["recipe"]["weights"], speed=speed, tiling=job.get("tiling", "off"),
+                        tile_size=job.get("tile_size", 512))
     return dataclasses.asdict(row)
 
 
@@ -823,7 +847,8 @@ def run_bench_config(cfg: BenchConfig, progress: Progress | None = None) -> Benc
     fresh = device.type == "cpu" and cfg.fresh_process_on_cpu
     jobs = [{"recipe": dataclasses.asdict(r), "size": list(size), "scale": cfg.scale, "guidance": cfg.guidance,
              "branch_mode": cfg.branch_mode, "device": str(device), "dtype": cfg.dtype, "repeats": cfg.repeats,
-             "warmup": cfg.warmup, "threads": cfg.threads, "seed": cfg.seed, "speed": cfg.speed.to_dict()}
+             "warmup": cfg.warmup, "threads": cfg.threads, "seed": cfg.seed, "speed": cfg.speed.to_dict(),
+             "tiling": cfg.tiling, "tile_size": cfg.tile_size}
             for size in cfg.sizes for r in recipes]
     rows: list[BenchRow] = []
     by_job: dict[tuple[str, tuple[int, int]], BenchRow] = {}
@@ -926,8 +951,10 @@ def run_benchmark(
     seed: int = 0,
     compare_models: Sequence[str] = (),
     speed: SpeedOptions | None = None,
+    tiling: str = "off",
+    tile_size: int = 512,
 ) -> BenchResult:
-    """Median/min seconds and peak memory of ``upscale(..., tiling="off")`` per OUTPUT size (width, height).
+    """Median/min seconds and peak memory of ``upscale(..., tiling=tiling)`` per OUTPUT size (width, height).
 
     ``model_spec``: a model file, a built-in name, or ``random:<preset>`` (gendr-pix-sd21,
     gendr-pix-s, tiny, gendr-sd21, dfosd-sd21, tiny-gendr). ``unet_config`` replaces the UNet
@@ -936,13 +963,14 @@ def run_benchmark(
     ``compare_models`` other model files (ours, or teachers through ``load_teacher``), each measured
     the same way, with ratios against the main model.
     ``speed`` (:class:`~gendr_core.pipeline.SpeedOptions`) is applied to every model of the run.
+    ``tiling`` / ``tile_size``: as ``upscale``'s (default "off": the whole image); teachers ignore them.
     ``progress(done, total)`` is called after every configuration.
     """
     cfg = BenchConfig(model=model_spec, sizes=tuple(sizes), scale=scale, guidance=guidance, branch_mode=branch_mode,
                       device=device, dtype=dtype, repeats=repeats, warmup=warmup, compare=compare,
                       compare_models=tuple(compare_models),
                       unet_config=unet_config, vae_config=vae_config, fresh_process_on_cpu=fresh_process_on_cpu,
-                      threads=threads, seed=seed, speed=speed or SpeedOptions())
+                      threads=threads, seed=seed, speed=speed or SpeedOptions(), tiling=tiling, tile_size=tile_size)
     return run_bench_config(cfg, progress)
 
 
@@ -1005,6 +1033,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--in-process", action="store_true",
                         help="on CPU, run in this process (no fresh process: peak memory is not measured)")
     parser.add_argument("--out", default="bench_results", help="folder for bench_<timestamp>.json/.png")
+    parser.add_argument("--tiling", default="off", choices=("off", "auto", "fixed"),
+                        help="off (default): the whole image; auto: what upscale's tiling=auto picks (the row "
+                             "says which); fixed: tiles of --tile-size")
+    parser.add_argument("--tile-size", type=int, default=512, help="tile side in output pixels for --tiling fixed")
     speed = parser.add_argument_group("speed options (inference only; applied to every model of the run)")
     speed.add_argument("--channels-last", action="store_true", help="UNet weights in channels_last (NHWC) format")
     speed.add_argument("--compile", action="store_true",
@@ -1051,7 +1083,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
         None if args.dtype == "auto" else args.dtype, args.repeats, args.warmup, latent,
         reduced_unet_config(unet_ch) if unet_ch else None, not args.in_process, progress,
         vae_config=reduced_vae_config(vae_ch) if vae_ch else None, threads=args.threads, compare_models=files,
-        speed=speed_from_args(args))
+        speed=speed_from_args(args), tiling=args.tiling, tile_size=args.tile_size)
     bar.close()
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.out)

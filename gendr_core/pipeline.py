@@ -34,6 +34,10 @@ logger = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 MIN_TILE = 128
+# Output-pixel tile side at which tiles beat the whole image on a CPU, and the image side above which
+# tiling="auto" takes them there (bench/cpu_tiling.json; see plan_tiles).
+CPU_SPEED_TILE = 512
+CPU_SPEED_TILE_ABOVE = 1024
 FIXMOD_MODES = ("auto", "off", "wavelet", "learned")
 
 
@@ -49,21 +53,34 @@ class TilePlan:
 
 def plan_tiles(
     model: OneStepRestorer, h: int, w: int, batch: int, passes: int, overlap: int, budget: int | None = None,
-    pad: tuple[int, int] = (8, 8),
+    pad: tuple[int, int] = (8, 8), speed_tile: int | None = None,
 ) -> TilePlan:
-    """Whole image if the estimate fits ``budget``, else the largest aligned tile that does.
+    """The tile of ``tiling="auto"``: the whole image if its estimate fits ``budget`` (and speed
+    does not favour tiles), else the largest aligned tile that fits.
 
     ``pad``: the widest branch pad per axis (top+bottom, left+right), added before rounding up to
     the pad multiple. A planned tile is always larger than ``overlap``.
+
+    ``speed_tile`` (None: :data:`CPU_SPEED_TILE` on a CPU, 0 elsewhere; 0 = memory alone): when
+    the whole image fits but its longer side exceeds :data:`CPU_SPEED_TILE_ABOVE`, tiles of this
+    side are taken instead, because on a CPU they are faster. Measured in
+    ``bench/cpu_tiling.json``: the self-attention of the coarsest UNet level costs O(tokens^2), so a
+    2048^2 output spends most of its time there, and 512-px tiles (with their 64-px overlaps)
+    finish sooner; on a GPU the whole image is faster and stays the choice.
     """
     m = model.pad_multiple
     budget = available_memory(model.device) if budget is None else budget
+    if speed_tile is None:
+        speed_tile = CPU_SPEED_TILE if torch.device(model.device).type == "cpu" else 0
 
     def need(th: int, tw: int) -> int:
         return model.estimate_bytes(padded_side(th, pad[0], m), padded_side(tw, pad[1], m), batch * passes)
 
     full = need(h, w)
     if full <= budget:
+        fast = max(m, speed_tile // m * m) if speed_tile else 0
+        if fast and max(h, w) > max(CPU_SPEED_TILE_ABOVE, fast) and fast > -(-overlap // m) * m:
+            return TilePlan(fast, overlap, need(min(h, fast), min(w, fast)), budget)
         return TilePlan(0, overlap, full, budget)
     smallest = max(MIN_TILE, (-(-overlap // m) + 1) * m)  # the aligned overlap plus one cell
     tile = max(smallest, -(-max(h, w) // m) * m)
@@ -208,7 +225,8 @@ def restore_grid(
 ) -> Tensor:
     """Restore ``x`` (B,3,H,W) in [0,1], already on the output grid; returns (B,3,H,W).
 
-    ``tile``: "auto" (whole image when the memory estimate fits, else tiles), 0/"off"
+    ``tile``: "auto" (:func:`plan_tiles`: the whole image when the memory estimate fits, on a
+    CPU 512-px tiles above 1024 px because they run faster, else the largest tile that fits), 0/"off"
     (never tile) or a tile size in pixels. On out-of-memory the tile is halved and the
     image retried, down to 128 px. ``progress(done, total)`` is called after every UNet block of
     every branch / ensemble pass of every tile (:mod:`gendr_core.progress`; a batched PadCFG
@@ -290,6 +308,14 @@ def restore_grid(
             if x.device.type == "cuda":
                 torch.cuda.empty_cache()
             size = new
+
+
+def auto_tile(model: OneStepRestorer, h: int, w: int, batch: int = 1, guidance: float = 1.0,
+              branch_mode: str = "batched", overlap: int = 64, budget: int | None = None) -> int:
+    """The tile side (0 = whole image) that ``tiling="auto"`` takes for a ``batch`` of (h, w)
+    output-grid images: :func:`plan_tiles` with the options of :func:`check_options`."""
+    opts = check_options(model, guidance=guidance, branch_mode=branch_mode, overlap=overlap)
+    return plan_tiles(model, h, w, batch, opts["passes"], opts["overlap"], budget=budget, pad=opts["pad"]).tile
 
 
 TILING = ("auto", "off", "fixed")

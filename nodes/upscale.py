@@ -22,7 +22,8 @@ def tiling_inputs() -> list[io.Input]:
     """The tiling widgets shared by the sampler and RandPad."""
     return [
         io.Combo.Input("tiling", options=TILING, default="auto",
-                       tooltip="auto: the whole image when the memory estimate fits, else the largest tile that "
+                       tooltip="auto: the whole image when the memory estimate fits (on a CPU: 512-px tiles above 1024 px, "
+                               "which run faster there), else the largest tile that "
                                "does (halved again on out-of-memory). off: never tile. fixed: tiles of tile_size."),
         io.Int.Input("tile_size", default=512, min=64, max=8192, step=64,
                      tooltip="Tile side in output pixels when tiling is 'fixed', rounded down to the model's pad "
