@@ -293,8 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--guidance", type=float, default=None,
                     help="PadCFG scale w; 1.0 = one pass, no CFG (default: the model's own default)")
     up.add_argument("--tiling", choices=TILING, default=None,
-                    help="'auto' (default): the whole image when the memory estimate fits (on a CPU, 512-px tiles "
-                         "for outputs over 1024 px, which run faster there), else the largest tile that does; "
+                    help="'auto' (default): the whole image when the memory estimate fits (on a CPU, 768-px tiles "
+                         "for outputs over 1536 px, which run faster there), else the largest tile that does; "
                          "'off': never tile; 'fixed': tiles of --tile-size")
     up.add_argument("--tile-size", type=int, default=None, metavar="N",
                     help="tile side in output pixels for --tiling fixed (default 512; rounded down to the model's "

@@ -36,8 +36,8 @@ Progress = Callable[[int, int], None]
 MIN_TILE = 128
 # Output-pixel tile side at which tiles beat the whole image on a CPU, and the image side above which
 # tiling="auto" takes them there (bench/cpu_tiling.json; see plan_tiles).
-CPU_SPEED_TILE = 512
-CPU_SPEED_TILE_ABOVE = 1024
+CPU_SPEED_TILE = 768
+CPU_SPEED_TILE_ABOVE = 1536
 FIXMOD_MODES = ("auto", "off", "wavelet", "learned")
 
 
@@ -64,9 +64,11 @@ def plan_tiles(
     ``speed_tile`` (None: :data:`CPU_SPEED_TILE` on a CPU, 0 elsewhere; 0 = memory alone): when
     the whole image fits but its longer side exceeds :data:`CPU_SPEED_TILE_ABOVE`, tiles of this
     side are taken instead, because on a CPU they are faster. Measured in
-    ``bench/cpu_tiling.json``: the self-attention of the coarsest UNet level costs O(tokens^2), so a
-    2048^2 output spends most of its time there, and 512-px tiles (with their 64-px overlaps)
-    finish sooner; on a GPU the whole image is faster and stays the choice.
+    ``bench/cpu_2026-12-03/`` (one run on a 2-core Xeon, gendr-pix-s, 512^2 -> 2048^2): whole image
+    6.3-7.8 s, 768-px tiles 5.3 s, 512-px tiles 7.8-8.4 s, 384-px tiles 10.2 s; at 1024^2 the
+    whole image (1.2 s) beats 512-px tiles (2.0 s). The coarsest level's self-attention grows with
+    the square of the token count, which large tiles bound, while small tiles pay for their
+    overlaps. On a GPU the whole image stays the choice.
     """
     m = model.pad_multiple
     budget = available_memory(model.device) if budget is None else budget
@@ -226,7 +228,7 @@ def restore_grid(
     """Restore ``x`` (B,3,H,W) in [0,1], already on the output grid; returns (B,3,H,W).
 
     ``tile``: "auto" (:func:`plan_tiles`: the whole image when the memory estimate fits, on a
-    CPU 512-px tiles above 1024 px because they run faster, else the largest tile that fits), 0/"off"
+    CPU 768-px tiles above 1536 px because they run faster, else the largest tile that fits), 0/"off"
     (never tile) or a tile size in pixels. On out-of-memory the tile is halved and the
     image retried, down to 128 px. ``progress(done, total)`` is called after every UNet block of
     every branch / ensemble pass of every tile (:mod:`gendr_core.progress`; a batched PadCFG

@@ -22,7 +22,7 @@ def tiling_inputs() -> list[io.Input]:
     """The tiling widgets shared by the sampler and RandPad."""
     return [
         io.Combo.Input("tiling", options=TILING, default="auto",
-                       tooltip="auto: the whole image when the memory estimate fits (on a CPU: 512-px tiles above 1024 px, "
+                       tooltip="auto: the whole image when the memory estimate fits (on a CPU: 768-px tiles above 1536 px, "
                                "which run faster there), else the largest tile that "
                                "does (halved again on out-of-memory). off: never tile. fixed: tiles of tile_size."),
         io.Int.Input("tile_size", default=512, min=64, max=8192, step=64,

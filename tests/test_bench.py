@@ -310,7 +310,7 @@ def test_count_macs_is_the_flop_counter_on_meta():
 
 
 def test_tiling_options_reach_upscale_and_are_recorded():
-    sizes = [(1280, 96), (128, 128)]
+    sizes = [(1600, 96), (128, 128)]
     tiled = run_benchmark("random:tiny", sizes, repeats=1, warmup=0, fresh_process_on_cpu=False, device="cpu",
                           threads=1, tiling="fixed", tile_size=100)
     auto = run_benchmark("random:tiny", sizes, repeats=1, warmup=0, fresh_process_on_cpu=False, device="cpu",
@@ -319,10 +319,10 @@ def test_tiling_options_reach_upscale_and_are_recorded():
                           threads=1)
     # the tiny preset's pad multiple is 16, so a 100-px tile is 96 px
     assert [r.tiling for r in tiled.rows] == ["fixed 96"] * 2
-    # on a CPU, auto takes 512-px tiles for an output longer than 1024 px, the whole image otherwise
-    assert [r.tiling for r in auto.rows] == ["auto (tile 512)", "auto (whole image)"]
+    # on a CPU, auto takes 768-px tiles for an output longer than 1536 px, the whole image otherwise
+    assert [r.tiling for r in auto.rows] == ["auto (tile 768)", "auto (whole image)"]
     assert whole.rows[0].tiling == "off" and whole.config["tiling"] == "off" and tiled.config["tile_size"] == 100
-    assert all(r.output_shape == [1, 3, 96, 1280] for r in (tiled.rows[0], auto.rows[0], whole.rows[0]))
+    assert all(r.output_shape == [1, 3, 96, 1600] for r in (tiled.rows[0], auto.rows[0], whole.rows[0]))
     with pytest.raises(ConfigError, match="tiling='tiles' must be 'off', 'auto' or 'fixed'"):
         run_benchmark("random:tiny", sizes, fresh_process_on_cpu=False, device="cpu", tiling="tiles")
     ap = argparse.ArgumentParser()

@@ -167,3 +167,18 @@ def test_stage2_trainer_two_processes_equal_one_with_the_same_global_batch(tmp_p
     _launch("accelerate", "trainers.train_stage2", cfg, tmp_path / "two")
     _assert_same_run(one, tmp_path / "two", 2)
     assert all("loss_adv_d" in r and "loss_perceptual" in r for r in _metrics(one))
+
+
+def test_fixmod_trainer_two_processes_equal_one_with_the_same_global_batch(tmp_path):
+    """train_fixmod (a learned FixMod on the frozen shipped gendr-pix-s) under torchrun with 2 ranks, global
+    batch 2: 20 steps equal a 1-process run, each rank on its own half of every batch."""
+    from trainers import train_fixmod
+
+    cfg = tmp_path / "fixmod.json"
+    cfg.write_text(json.dumps({
+        "base": str(CONFIGS / "fixmod_tiny_cpu.json"), "threads": 1, "val_every": 0, "save_every": STEPS,
+        "log_every": 1, "data": {"train_dirs": [str(FIXTURES)], "val_dirs": [], "batch_size": 2},
+        "optim": {"max_steps": STEPS, "lr": LR}}))
+    one = train_fixmod.train(train_fixmod.load_config(cfg, {"output_dir": str(tmp_path / "one")}), resume=False)
+    _launch("torchrun", "trainers.train_fixmod", cfg, tmp_path / "two")
+    _assert_same_run(one, tmp_path / "two", 2)

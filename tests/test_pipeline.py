@@ -64,27 +64,27 @@ def test_auto_tiling_plans_from_memory_budget(conv_model):
 
 
 def test_auto_tiling_takes_speed_tiles_on_a_cpu_above_1024_px(conv_model, monkeypatch):
-    assert (CPU_SPEED_TILE, CPU_SPEED_TILE_ABOVE) == (512, 1024)
+    assert (CPU_SPEED_TILE, CPU_SPEED_TILE_ABOVE) == (768, 1536)
     big = 1 << 40
     m = conv_model.pad_multiple
-    # fits, but longer than 1024 px on a CPU: 512-px tiles, whose estimate is that of one tile
+    # fits, but longer than 1536 px on a CPU: 768-px tiles, whose estimate is that of one tile
     plan = plan_tiles(conv_model, 2048, 1536, 1, 1, 64, budget=big)
-    # 512 + the widest pad per axis (8) = 520, rounded up to the pad multiple 16 -> 528
-    assert plan.tile == 512 // m * m and plan.estimated_bytes == 100 * 528 * 528
-    assert plan_tiles(conv_model, 1024, 1024, 1, 1, 64, budget=big).tile == 0  # not above 1024: whole
-    assert plan_tiles(conv_model, 1025, 300, 1, 1, 64, budget=big).tile == 512
+    # 768 + the widest pad per axis (8) = 776, rounded up to the pad multiple 16 -> 784
+    assert plan.tile == 768 // m * m and plan.estimated_bytes == 100 * 784 * 784
+    assert plan_tiles(conv_model, 1536, 1536, 1, 1, 64, budget=big).tile == 0  # not above 1536: whole
+    assert plan_tiles(conv_model, 1537, 300, 1, 1, 64, budget=big).tile == 768
     # speed_tile=0 (what a GPU gets) plans from memory alone; so does a device other than the CPU
     assert plan_tiles(conv_model, 2048, 2048, 1, 1, 64, budget=big, speed_tile=0).tile == 0
     with monkeypatch.context() as mp:
         mp.setattr(ConvRestorer, "device", property(lambda self: torch.device("cuda", 0)))
         assert plan_tiles(conv_model, 2048, 2048, 1, 1, 64, budget=big).tile == 0
     # an overlap that leaves no room in a 512 tile: the whole image
-    assert plan_tiles(conv_model, 2048, 2048, 1, 1, 512, budget=big).tile == 0
+    assert plan_tiles(conv_model, 2048, 2048, 1, 1, 768, budget=big).tile == 0
     # memory still rules when the whole image does not fit
     tight = plan_tiles(conv_model, 4096, 4096, 1, 1, 64, budget=100 * 300 * 300)
-    assert 0 < tight.tile < 512 and tight.estimated_bytes <= tight.budget_bytes
-    assert auto_tile(conv_model, 2048, 2048, budget=big) == 512
-    assert auto_tile(conv_model, 2048, 2048, guidance=1.8, budget=big) == 512
+    assert 0 < tight.tile < 768 and tight.estimated_bytes <= tight.budget_bytes
+    assert auto_tile(conv_model, 2048, 2048, budget=big) == 768
+    assert auto_tile(conv_model, 2048, 2048, guidance=1.8, budget=big) == 768
 
 
 def test_oom_halves_the_tile_and_retries(conv_model, gen, caplog):
