@@ -100,6 +100,20 @@ def build_hr_dataset(data: DataConfig, degradation: DegradationConfig | None, se
     return HRFolderDataset(list(data.train_dirs), **common)
 
 
+def step_loader(ds, data: DataConfig, step: int, end: int, shard, collate_fn) -> torch.utils.data.DataLoader:
+    """Batches ``step`` .. ``end`` of ``ds`` (one :class:`StepBatchSampler` batch of the global
+    ``data.batch_size`` a step, this process's ``shard`` of it) on ``data.num_workers`` workers."""
+    return torch.utils.data.DataLoader(ds, batch_sampler=StepBatchSampler(data.batch_size, step, end, shard),
+                                       num_workers=data.num_workers, collate_fn=collate_fn,
+                                       persistent_workers=data.num_workers > 0)
+
+
+def write_run_config(out: Path, resolved: dict[str, Any]) -> None:
+    """``out/config.json``: the resolved training config of the run (main process only)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(resolved, indent=2, sort_keys=True))
+
+
 def read_config_json(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     """A config file's JSON with its ``"base"`` (a path relative to the file) merged underneath.
 

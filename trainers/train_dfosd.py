@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from gendr_core.checkpoint import save_model
 from gendr_core.config import DFOSDConfig, JSONConfig
-from gendr_core.data import HRFolderDataset, collate_pairs
+from gendr_core.data import collate_pairs
 from gendr_core.degradation import DegradationConfig
 from gendr_core.errors import CheckpointFormatError, ConfigError
 from gendr_core.losses import EADISTS, dfosd_spatial_loss, discriminator_adv_loss, generator_adv_loss
@@ -52,9 +52,9 @@ from trainers.loop import (
     DataConfig,
     JsonlLog,
     OptimConfig,
-    StepBatchSampler,
     average_gradients,
     batch_shard,
+    build_hr_dataset,
     ema_update,
     finish_distributed,
     latest_checkpoint,
@@ -67,7 +67,9 @@ from trainers.loop import (
     save_trainer_state,
     setup_accelerator,
     step_generator,
+    step_loader,
     trainer_state_path,
+    write_run_config,
 )
 from trainers.loop import load_config as load_config_as
 
@@ -261,16 +263,11 @@ def train(cfg: DFOSDTrainConfig, resume: bool = True, stop_after: int | None = N
     sched_g, sched_d = (torch.optim.lr_scheduler.LambdaLR(opt, lambda s, _o=o, _s=step: lr_at(s + _s, _o))
                         for opt in (opt_g, opt_d))
     end = o.max_steps if stop_after is None else min(o.max_steps, step + stop_after)
-    ds = HRFolderDataset(list(cfg.data.train_dirs), crop_size=cfg.data.crop_size, scales=cfg.data.scales,
-                         degradation=cfg.degradation or DegradationConfig(), seed=cfg.seed,
-                         epoch_length=o.max_steps * bsz, batch_size=bsz)
-    dl = torch.utils.data.DataLoader(ds, batch_sampler=StepBatchSampler(bsz, step, end, shard),
-                                     num_workers=cfg.data.num_workers, collate_fn=collate_pairs,
-                                     persistent_workers=cfg.data.num_workers > 0)
+    ds = build_hr_dataset(cfg.data, cfg.degradation or DegradationConfig(), cfg.seed, o.max_steps * bsz)
+    dl = step_loader(ds, cfg.data, step, end, shard, collate_pairs)
     resolved = {**json.loads(cfg.to_json()), "dfosd_model": model.config.to_dict()}
     if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(resolved, indent=2, sort_keys=True))
+        write_run_config(out, resolved)
         log.write({"kind": "run", "step": step, "ea_dists": "random VGG16" if cfg.loss.random_vgg else cfg.loss.vgg16})
 
     def update_d(d_loss: torch.Tensor) -> None:

@@ -59,7 +59,7 @@ from tqdm.auto import tqdm
 
 from gendr_core.checkpoint import load_model, save_model
 from gendr_core.config import GenDRConfig, JSONConfig, VAEConfig
-from gendr_core.data import HRFolderDataset, collate_pairs
+from gendr_core.data import collate_pairs
 from gendr_core.degradation import DegradationConfig
 from gendr_core.errors import CheckpointFormatError, ConfigError
 from gendr_core.losses import (
@@ -82,9 +82,9 @@ from trainers.loop import (
     DataConfig,
     JsonlLog,
     OptimConfig,
-    StepBatchSampler,
     average_gradients,
     batch_shard,
+    build_hr_dataset,
     ema_update,
     finish_distributed,
     latest_checkpoint,
@@ -97,7 +97,9 @@ from trainers.loop import (
     save_trainer_state,
     setup_accelerator,
     step_generator,
+    step_loader,
     trainer_state_path,
+    write_run_config,
 )
 from trainers.loop import load_config as load_config_as
 from trainers.train_stage2 import DiscConfig
@@ -293,9 +295,7 @@ def train(cfg: GenDRTrainConfig, resume: bool = True, stop_after: int | None = N
     bsz = cfg.data.batch_size
     shard = batch_shard(acc, bsz)
     o = cfg.optim
-    ds = HRFolderDataset(list(cfg.data.train_dirs), crop_size=cfg.data.crop_size, scales=cfg.data.scales,
-                         degradation=cfg.degradation or DegradationConfig(), seed=cfg.seed,
-                         epoch_length=o.max_steps * bsz, batch_size=bsz)
+    ds = build_hr_dataset(cfg.data, cfg.degradation or DegradationConfig(), cfg.seed, o.max_steps * bsz)
 
     # -- models of the phase; `gen_model` is what the EMA tracks and the export writes
     dino = projector = scores = heads = perceptual = None
@@ -349,13 +349,10 @@ def train(cfg: GenDRTrainConfig, resume: bool = True, stop_after: int | None = N
     scheds = {k: torch.optim.lr_scheduler.LambdaLR(v, lambda s, _o=o, _s=step: lr_at(s + _s, _o))
               for k, v in opts.items()}
     end = o.max_steps if stop_after is None else min(o.max_steps, step + stop_after)
-    dl = torch.utils.data.DataLoader(ds, batch_sampler=StepBatchSampler(bsz, step, end, shard),
-                                     num_workers=cfg.data.num_workers, collate_fn=collate_pairs,
-                                     persistent_workers=cfg.data.num_workers > 0)
+    dl = step_loader(ds, cfg.data, step, end, shard, collate_pairs)
     resolved = {**json.loads(cfg.to_json()), "gendr_model": gen_model.config.to_dict()}
     if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(resolved, indent=2, sort_keys=True))
+        write_run_config(out, resolved)
         log.write({"kind": "run", "step": step, "phase": cfg.phase,
                    "vae_scaling": gen_model.config.vae.scaling_factor, "vae_shift": gen_model.config.vae.shift_factor})
         logger.info("GenDR phase %s: %d -> %d", cfg.phase, step, end)

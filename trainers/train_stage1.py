@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 
 from gendr_core.checkpoint import load_model, save_model
 from gendr_core.config import JSONConfig
-from gendr_core.data import HRFolderDataset, collate_pairs
+from gendr_core.data import collate_pairs
 from gendr_core.degradation import DegradationConfig
 from gendr_core.errors import CheckpointFormatError, ConfigError
 from gendr_core.losses import discriminator_adv_loss, generator_adv_loss, l1_loss
@@ -63,8 +63,8 @@ from trainers.loop import (
     DataConfig,
     JsonlLog,
     OptimConfig,
-    StepBatchSampler,
     batch_shard,
+    build_hr_dataset,
     ema_update,
     finish_distributed,
     latest_checkpoint,
@@ -74,6 +74,8 @@ from trainers.loop import (
     resume_from_latest,
     save_checkpoint,
     setup_accelerator,
+    step_loader,
+    write_run_config,
 )
 from trainers.loop import load_config as load_config_as
 from trainers.train_stage2 import DiscConfig
@@ -223,16 +225,11 @@ def train(cfg: Stage1Config, resume: bool = True, stop_after: int | None = None)
     log, metrics = JsonlLog(out / "train_log.jsonl"), JsonlLog(out / METRICS_FILE)
     step, ema = resume_from_latest(acc, out, log, ema, resume)
     end = o.max_steps if stop_after is None else min(o.max_steps, step + stop_after)
-    ds = HRFolderDataset(list(cfg.data.train_dirs), crop_size=cfg.data.crop_size, scales=cfg.data.scales,
-                         degradation=cfg.degradation or DegradationConfig(), seed=cfg.seed,
-                         epoch_length=o.max_steps * bsz, batch_size=bsz)
-    dl = torch.utils.data.DataLoader(ds, batch_sampler=StepBatchSampler(bsz, step, end, shard),
-                                     num_workers=cfg.data.num_workers, collate_fn=collate_pairs,
-                                     persistent_workers=cfg.data.num_workers > 0)
+    ds = build_hr_dataset(cfg.data, cfg.degradation or DegradationConfig(), cfg.seed, o.max_steps * bsz)
+    dl = step_loader(ds, cfg.data, step, end, shard, collate_pairs)
     resolved = {**json.loads(cfg.to_json()), "adc": unwrapped.config.to_dict()}
     if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(resolved, indent=2, sort_keys=True))
+        write_run_config(out, resolved)
         log.write({"kind": "run", "step": step, "teacher": cfg.teacher, "disc_depths": list(depths)})
 
     scheds = make_schedulers(opt_g, opt_d, o, step, cfg.loss.adv_start_step)
