@@ -59,6 +59,25 @@ WEIGHT_NAMES = (
 )
 
 
+# Keys (exact, or a prefix ending in ".") that only other Stable Diffusion generations carry; a
+# single file holding one is named and refused instead of being read as SD2.x.
+OTHER_SD_KEYS: dict[str, tuple[str, ...]] = {
+    "SDXL": ("conditioner.embedders.", LDM_UNET_PREFIX + "label_emb.0.0.weight"),
+    "SD1.x (SD1.5)": ("cond_stage_model.transformer.",),  # CLIP ViT-L (HF layout); SD2.x has OpenCLIP
+}
+
+
+def reject_other_sd(keys: Iterable[str], where: str) -> None:
+    """Raise CheckpointFormatError naming the generation when ``keys`` are an SDXL or SD1.x file."""
+    keys = set(keys)
+    for name, marks in OTHER_SD_KEYS.items():
+        hit = next((k for k in sorted(keys) if any(k == m or (m.endswith(".") and k.startswith(m)) for m in marks)),
+                   None)
+        if hit is not None:
+            raise CheckpointFormatError(f"{where}: this is an {name} checkpoint (it has {hit!r}); only "
+                                        "Stable Diffusion 2.x (SD2.1) single files and diffusers folders are supported")
+
+
 class CheckpointFormat(enum.Enum):
     GENDR_PIX = "gendr_pix"  # our .safetensors model file (kind + config in the metadata)
     SD21_LDM = "sd21_ldm"  # single-file Stable Diffusion 2.x checkpoint (ComfyUI models/checkpoints)
@@ -111,6 +130,7 @@ def detect_format(source: str | os.PathLike | Mapping[str, Any] | Iterable[str])
         keys = set(source)
     else:
         keys = set(source)
+    reject_other_sd(keys, where)
     for name, needed in FORMAT_KEYS.items():
         if all(k in keys for k in needed):
             return CheckpointFormat[name]
