@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .checkpoint import CONFIG_KEY, KIND_KEY, PICKLE_SUFFIXES, load_model, parse_dtype, save_model
+from .checkpoint import CONFIG_KEY, KIND_KEY, PICKLE_SUFFIXES, SD_LDM_UNET_KEY, load_model, parse_dtype, save_model
 from .config import (
     DFOSDConfig,
     GenDRConfig,
@@ -47,7 +47,7 @@ KINDS = ("dfosd", "gendr_pix", "gendr")
 # The keys each format is recognised by (all must be present).
 FORMAT_KEYS: dict[str, tuple[str, ...]] = {
     "GENDR_PIX": ("prompt_pos", "unet.conv_in.weight"),
-    "SD21_LDM": (LDM_UNET_PREFIX + "input_blocks.0.0.weight",),
+    "SD21_LDM": (SD_LDM_UNET_KEY,),
     "DIFFUSERS_UNET": ("conv_in.weight", "down_blocks.0.resnets.0.conv1.weight"),
 }
 FOLDER_MARKERS = ("model_index.json", "unet/config.json", "config.json (with _class_name UNet2DConditionModel)")
