@@ -85,11 +85,21 @@ def read_fixmod_config(path: str | os.PathLike, meta: dict[str, str]) -> FixModC
         raise CheckpointFormatError(str(exc)) from None
 
 
+SD_LDM_UNET_KEY = "model.diffusion_model.input_blocks.0.0.weight"  # an SD single file (formats.FORMAT_KEYS)
+
+
 def read_header(path: str | os.PathLike) -> tuple[str, ModelConfig, dict[str, str]]:
     """(kind, config, metadata) of a GenDR-Pix model file, without loading its tensors."""
     path = Path(path)
     meta = _metadata(path)
     if KIND_KEY not in meta or CONFIG_KEY not in meta:
+        with safe_open(str(path), framework="pt") as f:
+            is_sd2_base = SD_LDM_UNET_KEY in set(f.keys())
+        if is_sd2_base:
+            raise CheckpointFormatError(
+                f"{path}: is a Stable Diffusion single-file checkpoint (LDM keys), a training base, not a "
+                "restorer; train restorers from it with `python -m trainers.recipe --config "
+                "trainers/configs/recipe_paper.json --out DIR` (sd21_base), see trainers/README.md")
         raise CheckpointFormatError(
             f"{path}: no '{KIND_KEY}'/'{CONFIG_KEY}' in the safetensors metadata; this is not a "
             "GenDR-Pix model file. Re-export it with `python -m trainers.export`, or convert a "

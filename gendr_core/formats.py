@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .checkpoint import CONFIG_KEY, KIND_KEY, PICKLE_SUFFIXES, load_model, parse_dtype, save_model
+from .checkpoint import CONFIG_KEY, KIND_KEY, PICKLE_SUFFIXES, SD_LDM_UNET_KEY, load_model, parse_dtype, save_model
 from .config import (
     DFOSDConfig,
     GenDRConfig,
@@ -47,7 +47,7 @@ KINDS = ("dfosd", "gendr_pix", "gendr")
 # The keys each format is recognised by (all must be present).
 FORMAT_KEYS: dict[str, tuple[str, ...]] = {
     "GENDR_PIX": ("prompt_pos", "unet.conv_in.weight"),
-    "SD21_LDM": (LDM_UNET_PREFIX + "input_blocks.0.0.weight",),
+    "SD21_LDM": (SD_LDM_UNET_KEY,),
     "DIFFUSERS_UNET": ("conv_in.weight", "down_blocks.0.resnets.0.conv1.weight"),
 }
 FOLDER_MARKERS = ("model_index.json", "unet/config.json", "config.json (with _class_name UNet2DConditionModel)")
@@ -57,6 +57,25 @@ WEIGHT_NAMES = (
     "diffusion_pytorch_model.bin",
     "diffusion_pytorch_model.fp16.bin",
 )
+
+
+# Keys (exact, or a prefix ending in ".") that only other Stable Diffusion generations carry; a
+# single file holding one is named and refused instead of being read as SD2.x.
+OTHER_SD_KEYS: dict[str, tuple[str, ...]] = {
+    "SDXL": ("conditioner.embedders.", LDM_UNET_PREFIX + "label_emb.0.0.weight"),
+    "SD1.x (SD1.5)": ("cond_stage_model.transformer.",),  # CLIP ViT-L (HF layout); SD2.x has OpenCLIP
+}
+
+
+def reject_other_sd(keys: Iterable[str], where: str) -> None:
+    """Raise CheckpointFormatError naming the generation when ``keys`` are an SDXL or SD1.x file."""
+    keys = set(keys)
+    for name, marks in OTHER_SD_KEYS.items():
+        hit = next((k for k in sorted(keys) if any(k == m or (m.endswith(".") and k.startswith(m)) for m in marks)),
+                   None)
+        if hit is not None:
+            raise CheckpointFormatError(f"{where}: this is an {name} checkpoint (it has {hit!r}); only "
+                                        "Stable Diffusion 2.x (SD2.1) single files and diffusers folders are supported")
 
 
 class CheckpointFormat(enum.Enum):
@@ -111,6 +130,7 @@ def detect_format(source: str | os.PathLike | Mapping[str, Any] | Iterable[str])
         keys = set(source)
     else:
         keys = set(source)
+    reject_other_sd(keys, where)
     for name, needed in FORMAT_KEYS.items():
         if all(k in keys for k in needed):
             return CheckpointFormat[name]

@@ -206,3 +206,23 @@ def test_shipped_models_are_one_tuple():
     assert all(p == checkpoint.ASSETS_DIR / f"{n}.safetensors" for n, p in checkpoint.BUILTIN_MODELS.items())
     assert checkpoint.resolve_model_path(None) == checkpoint.BUILTIN_MODELS[checkpoint.DEFAULT_MODEL] or \
         not checkpoint.BUILTIN_MODELS[checkpoint.DEFAULT_MODEL].exists()
+
+
+def test_raw_sd21_file_is_named_a_training_base(tmp_path, capsys):
+    from gendr_core.cli import main as cli_main
+
+    raw = tmp_path / "v2-1_768-ema-pruned.safetensors"
+    safetensors.torch.save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(320, 4, 3, 3),
+                                 "first_stage_model.encoder.conv_in.weight": torch.zeros(128, 3, 3, 3)}, raw)
+    for load in (read_header, load_model):
+        with pytest.raises(CheckpointFormatError, match=r"a training base, not a restorer; train restorers from it "
+                                                        r"with `python -m trainers\.recipe"):
+            load(raw)
+    img = tmp_path / "in.png"
+    from PIL import Image
+
+    Image.new("RGB", (16, 16)).save(img)
+    assert cli_main(["upscale", str(img), "-o", str(tmp_path / "out.png"), "--model", str(raw), "--device", "cpu"]) != 0
+    err = capsys.readouterr().err
+    assert "training base, not a restorer" in err and "trainers.recipe" in err
+    assert not (tmp_path / "out.png").exists()

@@ -174,6 +174,23 @@ def test_detect_unknown_keys_lists_what_it_looked_for(tmp_path):
         detect_format(tmp_path / "missing.safetensors")
 
 
+@pytest.mark.parametrize(("extra", "name"), [
+    ("conditioner.embedders.1.model.ln_final.weight", "SDXL"),
+    ("model.diffusion_model.label_emb.0.0.weight", "SDXL"),
+    ("cond_stage_model.transformer.text_model.final_layer_norm.weight", "SD1.x"),
+])
+def test_sd15_and_sdxl_single_files_are_rejected_by_name(tmp_path, ldm_sd, extra, name):
+    keys = list(FORMAT_KEYS["SD21_LDM"]) + [extra]
+    with pytest.raises(CheckpointFormatError, match=f"an {re.escape(name)}.*{re.escape(extra)}"):
+        detect_format(keys)
+    path = tmp_path / "other.safetensors"
+    safetensors.torch.save_file({**ldm_sd, extra: torch.zeros(2)}, path)
+    with pytest.raises(CheckpointFormatError, match=f"{re.escape(str(path))}: this is an {re.escape(name)}"):
+        detect_format(path)
+    sd2 = {**ldm_sd, "cond_stage_model.model.ln_final.weight": torch.zeros(2)}  # SD2.x OpenCLIP text encoder
+    assert detect_format(sd2) is CheckpointFormat.SD21_LDM
+
+
 def test_detect_files_by_metadata_and_keys(tmp_path, tiny_pix, ldm_sd):
     from gendr_core import save_model
 

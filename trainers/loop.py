@@ -100,6 +100,20 @@ def build_hr_dataset(data: DataConfig, degradation: DegradationConfig | None, se
     return HRFolderDataset(list(data.train_dirs), **common)
 
 
+def step_loader(ds, data: DataConfig, step: int, end: int, shard, collate_fn) -> torch.utils.data.DataLoader:
+    """Batches ``step`` .. ``end`` of ``ds`` (one :class:`StepBatchSampler` batch of the global
+    ``data.batch_size`` a step, this process's ``shard`` of it) on ``data.num_workers`` workers."""
+    return torch.utils.data.DataLoader(ds, batch_sampler=StepBatchSampler(data.batch_size, step, end, shard),
+                                       num_workers=data.num_workers, collate_fn=collate_fn,
+                                       persistent_workers=data.num_workers > 0)
+
+
+def write_run_config(out: Path, resolved: dict[str, Any]) -> None:
+    """``out/config.json``: the resolved training config of the run (main process only)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(resolved, indent=2, sort_keys=True))
+
+
 def read_config_json(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     """A config file's JSON with its ``"base"`` (a path relative to the file) merged underneath.
 
@@ -578,3 +592,85 @@ def plot_curves(log: JsonlLog, png: Path) -> Path | None:
     plt.close(fig)
     os.replace(tmp, png)
     return png
+
+
+def average_gradients(accelerator, params: Sequence[torch.nn.Parameter]) -> None:
+    """Mean of every gradient in ``params`` over the processes (a no-op with one), for modules a
+    trainer calls outside DDP's ``forward`` (LoRA score networks used through their methods, heads
+    run on features of a shared frozen UNet); see ``train_gendr``."""
+    if accelerator.num_processes == 1:
+        return
+    for p in params:
+        if p.grad is not None:
+            sum_over_processes(accelerator, p.grad).div_(accelerator.num_processes)
+
+
+TRAINER_STATE_DIR = "trainer_state"
+
+
+def trainer_state_path(out: Path, step: int) -> Path:
+    """``out/trainer_state/step_XXXXXXX.safetensors``: the live weights and optimiser states of a trainer
+    that does not hand its modules to ``accelerator.prepare`` (``train_gendr``, ``train_dfosd``)."""
+    return out / TRAINER_STATE_DIR / f"{CKPT_PREFIX}{step:07d}.safetensors"
+
+
+def save_trainer_state(path: Path, tensors: dict[str, dict[str, torch.Tensor]],
+                       optimizers: dict[str, torch.optim.Optimizer], keep: int = 3) -> Path:
+    """Write named groups of tensors and optimiser states as one safetensors file (atomic; tensors under
+    ``<group>/<name>``, optimiser tensors under ``opt.<name>/<param index>/<key>``, everything else as
+    JSON metadata): no pickle. Call on the main process *before* :func:`save_checkpoint`, so a
+    complete checkpoint always has its state file; keeps the newest ``keep`` files."""
+    flat: dict[str, torch.Tensor] = {}
+    meta: dict[str, str] = {"format": "pt"}
+    for group, sd in tensors.items():
+        for k, v in sd.items():
+            flat[f"{group}/{k}"] = v.detach().cpu().contiguous()
+    for name, opt in optimizers.items():
+        sd = opt.state_dict()
+        scalars: dict[str, dict[str, Any]] = {}
+        for idx, st in sd["state"].items():
+            for k, v in st.items():
+                if isinstance(v, torch.Tensor):
+                    flat[f"opt.{name}/{idx}/{k}"] = v.detach().cpu().contiguous()
+                else:
+                    scalars.setdefault(str(idx), {})[k] = v
+        meta[f"opt.{name}"] = json.dumps({"param_groups": sd["param_groups"], "scalars": scalars})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(flat, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    olds = sorted(p for p in path.parent.glob(f"{CKPT_PREFIX}*.safetensors"))
+    for old in olds[:-keep] if keep > 0 else []:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_trainer_state(path: Path, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, dict[str, torch.Tensor]]:
+    """Restore the optimisers saved by :func:`save_trainer_state` in place; returns the tensor groups
+    (the caller loads them into its modules)."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: trainer state of the checkpoint being resumed is missing; restart the run "
+                                "with --no-resume or restore the file")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+        flat = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for key, v in flat.items():
+        group, name = key.split("/", 1)
+        if not group.startswith("opt."):
+            groups.setdefault(group, {})[name] = v
+    for name, opt in optimizers.items():
+        if f"opt.{name}" not in meta:
+            raise ConfigError(f"{path}: no state for optimiser {name!r} (has {sorted(k for k in meta if k != 'format')})")
+        saved = json.loads(meta[f"opt.{name}"])
+        state: dict[int, dict[str, Any]] = {}
+        for key, v in flat.items():
+            if key.startswith(f"opt.{name}/"):
+                _, idx, k = key.split("/", 2)
+                state.setdefault(int(idx), {})[k] = v
+        for idx, sc in saved["scalars"].items():
+            state.setdefault(int(idx), {}).update(sc)
+        opt.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+    return groups

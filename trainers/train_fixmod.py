@@ -62,7 +62,6 @@ from trainers.loop import (
     DataConfig,
     JsonlLog,
     OptimConfig,
-    StepBatchSampler,
     batch_shard,
     build_hr_dataset,
     ema_update,
@@ -75,6 +74,8 @@ from trainers.loop import (
     resume_from_latest,
     save_checkpoint,
     setup_accelerator,
+    step_loader,
+    write_run_config,
 )
 from trainers.loop import load_config as load_config_as
 
@@ -289,17 +290,14 @@ def train(cfg: FixModTrainConfig, resume: bool = True, stop_after: int | None = 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, o), last_epoch=step - 1)  # at lr_at(step)
 
     # -- data
-    dl = torch.utils.data.DataLoader(build_dataset(cfg), batch_sampler=StepBatchSampler(bsz, step, end, shard),
-                                     num_workers=cfg.data.num_workers, collate_fn=collate,
-                                     persistent_workers=cfg.data.num_workers > 0)
+    dl = step_loader(build_dataset(cfg), cfg.data, step, end, shard, collate)
     cached = []
     if acc.is_main_process and cfg.val_every:
         for hr, lr in load_val_set(cfg.data.val_dirs, cfg.data.val_crop, cfg.data.val_scale):
             cached.append((hr, *restorer_pass(restorer, lr, tuple(hr.shape[-2:]), cfg.guidance)))
     resolved = json.loads(cfg.to_json())
     if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(resolved, indent=2, sort_keys=True))
+        write_run_config(out, resolved)
         if step == 0:
             log.write({"kind": "run", "step": 0, "restorer": str(source), "restorer_kind": restorer.kind,
                        "fixmod_parameters": sum(p.numel() for p in unwrapped.parameters()),

@@ -68,7 +68,6 @@ from trainers.loop import (
     DataConfig,
     JsonlLog,
     OptimConfig,
-    StepBatchSampler,
     batch_shard,
     build_hr_dataset,
     check_accumulation,
@@ -78,7 +77,7 @@ from trainers.loop import (
     gather_indices,
     load_init_weights,
     load_val_set,
-    lr_at,  # noqa: F401  (re-exported: the tests import it from here)
+    lr_at,  # noqa: F401  (re-exported: the tests import it from here),
     make_schedulers,
     plot_curves,
     reduce_for_log,
@@ -86,9 +85,11 @@ from trainers.loop import (
     resume_from_latest,
     save_checkpoint,
     setup_accelerator,
+    step_loader,
     step_generator,
     sum_over_processes,
     validate,
+    write_run_config,
 )
 from trainers.loop import load_config as load_config_as
 
@@ -256,15 +257,12 @@ def train(cfg: PixelTrainConfig, resume: bool = True, stop_after: int | None = N
 
     # -- data
     ds = build_hr_dataset(cfg.data, cfg.degradation or DegradationConfig(), cfg.seed, o.max_steps * bsz)
-    sampler = StepBatchSampler(bsz, step, end, shard)
-    dl = torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=cfg.data.num_workers,
-                                     collate_fn=collate_pairs, persistent_workers=cfg.data.num_workers > 0)
+    dl = step_loader(ds, cfg.data, step, end, shard, collate_pairs)
     val_pairs = (load_val_set(cfg.data.val_dirs, cfg.data.val_crop, cfg.data.val_scale)
                  if acc.is_main_process and cfg.val_every else [])
     resolved = json.loads(cfg.to_json())
     if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(resolved, indent=2, sort_keys=True))
+        write_run_config(out, resolved)
 
     unwrapped = acc.unwrap_model(model)
     scheds = make_schedulers(opt_g, opt_d, o, step, cfg.loss.adv_start_step)

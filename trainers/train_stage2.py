@@ -110,7 +110,6 @@ from trainers.loop import (
     DataConfig,
     JsonlLog,
     OptimConfig,
-    StepBatchSampler,
     batch_shard,
     build_hr_dataset,
     check_accumulation,
@@ -127,7 +126,9 @@ from trainers.loop import (
     save_checkpoint,
     setup_accelerator,
     step_generator,
+    step_loader,
     validate,
+    write_run_config,
 )
 from trainers.loop import load_config as load_config_as
 
@@ -423,9 +424,7 @@ def train(cfg: Stage2Config, resume: bool = True, stop_after: int | None = None)
     end = o.max_steps if stop_after is None else min(o.max_steps, step + stop_after)
 
     # -- data
-    dl = torch.utils.data.DataLoader(build_dataset(cfg), batch_sampler=StepBatchSampler(bsz, step, end, shard),
-                                     num_workers=cfg.data.num_workers, collate_fn=collate_with_targets,
-                                     persistent_workers=cfg.data.num_workers > 0)
+    dl = step_loader(build_dataset(cfg), cfg.data, step, end, shard, collate_with_targets)
     val_pairs, val_teacher_out = [], None
     if acc.is_main_process and cfg.val_every:
         val_pairs = load_val_set(cfg.data.val_dirs, cfg.data.val_crop, cfg.data.val_scale)
@@ -438,8 +437,7 @@ def train(cfg: Stage2Config, resume: bool = True, stop_after: int | None = None)
                 del vt
     resolved = json.loads(cfg.to_json())
     if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(resolved, indent=2, sort_keys=True))
+        write_run_config(out, resolved)
         run = {"kind": "run", "step": step, "perceptual": cfg.loss.perceptual_kind if cfg.loss.perceptual else "off",
                "target_source": cfg.target_source, "disc_depths": list(features.depths),
                "disc_channels": list(features.channels), "randpad_generator": cfg.loss.randpad_generator,
