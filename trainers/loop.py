@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import torch
 from safetensors.torch import load_file, save_file
 
-from gendr_core.checkpoint import load_state_dict, read_header, resolve_model_path
+from gendr_core.checkpoint import load_model, load_state_dict, read_header, resolve_model_path
 from gendr_core.config import JSONConfig
 from gendr_core.data import HRFolderDataset, ShardedHRDataset
 from gendr_core.degradation import DegradationConfig, degrade_fixed
@@ -674,3 +674,12 @@ def load_trainer_state(path: Path, optimizers: dict[str, torch.optim.Optimizer])
             state.setdefault(int(idx), {}).update(sc)
         opt.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
     return groups
+
+
+def load_frozen_model(path: str, device: torch.device, cls: type, option: str, need: str):
+    """A model file of class ``cls`` (fp32, on ``device``) for a trainer's frozen part, or one
+    ConfigError naming the config ``option``, the file, its kind and ``need`` (what it must be)."""
+    model = load_model(path, device=device, dtype=torch.float32)
+    if not isinstance(model, cls):
+        raise ConfigError(f"{option}={path} is a {model.kind!r} model; {need}")
+    return model

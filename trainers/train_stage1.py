@@ -47,7 +47,7 @@ import torch
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from gendr_core.checkpoint import load_model, save_model
+from gendr_core.checkpoint import save_model
 from gendr_core.config import JSONConfig
 from gendr_core.data import collate_pairs
 from gendr_core.degradation import DegradationConfig
@@ -68,6 +68,7 @@ from trainers.loop import (
     ema_update,
     finish_distributed,
     latest_checkpoint,
+    load_frozen_model,
     make_schedulers,
     reduce_for_log,
     refuse_deepspeed,
@@ -125,15 +126,6 @@ class Stage1Config(JSONConfig):
 
 def load_config(path: str | Path, overrides: dict[str, object] | None = None) -> Stage1Config:
     return load_config_as(Stage1Config, path, overrides)
-
-
-def load_gendr_teacher(path: str, device: torch.device) -> GenDRTeacher:
-    """G_mu, fp32, frozen, eval."""
-    teacher = load_model(path, device=device, dtype=torch.float32)
-    if not isinstance(teacher, GenDRTeacher):
-        raise ConfigError(f"teacher={path} is a {teacher.kind!r} model; Stage I distils a GenDR teacher "
-                          "(kind 'gendr': 16-channel VAE + UNet)")
-    return teacher
 
 
 def teacher_features(teacher: GenDRTeacher, z: torch.Tensor, depths: tuple[int, ...]) -> list[torch.Tensor]:
@@ -206,7 +198,8 @@ def train(cfg: Stage1Config, resume: bool = True, stop_after: int | None = None)
     shard = batch_shard(acc, bsz)
 
     # -- frozen teacher G_mu; generator G_theta (theta <- mu, fresh 192-channel head); heads h_phi
-    teacher = load_gendr_teacher(cfg.teacher, dev)
+    teacher = load_frozen_model(cfg.teacher, dev, GenDRTeacher, "teacher",
+                                "Stage I distils a GenDR teacher (kind 'gendr': 16-channel VAE + UNet)")
     model = GenDRAdc.from_teacher(teacher, cfg.shuffle_factor, torch.Generator().manual_seed(cfg.seed))
     if cfg.data.crop_size % model.pad_multiple or cfg.data.crop_size % teacher.pad_multiple:
         raise ConfigError(f"data.crop_size={cfg.data.crop_size} must be a multiple of {model.pad_multiple} (GenDR-Adc) "

@@ -86,7 +86,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from gendr_core.checkpoint import load_model, read_header, resolve_model_path
+from gendr_core.checkpoint import read_header, resolve_model_path
 from gendr_core.config import GenDRPixConfig, JSONConfig
 from gendr_core.data import collate_pairs
 from gendr_core.degradation import DegradationConfig
@@ -116,6 +116,7 @@ from trainers.loop import (
     ema_update,
     finish_distributed,
     gather_indices,
+    load_frozen_model,
     load_init_weights,
     load_val_set,
     make_schedulers,
@@ -275,15 +276,6 @@ def held_fixed(module: nn.Module) -> Iterator[None]:
         module.train(was_training)
 
 
-def load_disc_backbone(path: str, device: torch.device) -> GenDRPix:
-    """The frozen previous-stage generator, fp32, on ``device``."""
-    backbone = load_model(path, device=device, dtype=torch.float32)
-    if not isinstance(backbone, GenDRPix):
-        raise ConfigError(f"disc_backbone={path} is a {type(backbone).__name__}; the Stage II discriminator reads "
-                          "a GenDR-Pix generator (pixel-unshuffle input)")
-    return backbone
-
-
 def load_frozen_teacher(path: str, device: torch.device, where: str):
     """gendr_core.teachers.load_teacher, frozen: its parameters never receive gradients."""
     from gendr_core.teachers import load_teacher
@@ -405,7 +397,10 @@ def train(cfg: Stage2Config, resume: bool = True, stop_after: int | None = None)
     ema = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
 
     # -- discriminator: frozen G_theta features + trainable heads h_phi
-    features = FrozenGeneratorFeatures(load_disc_backbone(cfg.disc_backbone, dev), cfg.disc.depths or None).to(dev)
+    features = FrozenGeneratorFeatures(
+        load_frozen_model(cfg.disc_backbone, dev, GenDRPix, "disc_backbone",
+                          "the Stage II discriminator reads a GenDR-Pix generator (pixel-unshuffle input)"),
+        cfg.disc.depths or None).to(dev)
     cfg = replace(cfg, disc=replace(cfg.disc, depths=features.depths))
     heads = DiscriminatorHeads(features.channels, cfg.disc.head_channels, cfg.disc.spectral_norm)
     perceptual = DISTS(cfg.loss.vgg16).to(dev) if cfg.loss.perceptual and cfg.loss.perceptual_kind == "dists" else None
