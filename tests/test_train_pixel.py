@@ -284,3 +284,15 @@ def test_stage8_recipe_config_continues_stage7_on_384px_crops():
     assert dataclasses.replace(stage8.loss, neg_start_step=2000) == stage7.loss
     assert (stage8.loss.neg_start_step, stage8.optim.lr, stage8.optim.max_steps) == (4000, 1e-4, 6000)
     assert stage8.model == stage7.model and stage8.degradation == stage7.degradation
+
+
+def test_stop_step_and_adamw_pair_of_the_shared_loop():
+    from trainers.loop import OptimConfig, adamw_pair, stop_step
+
+    assert stop_step(0, 3000, None) == 3000 and stop_step(1000, 3000, 250) == 1250 and stop_step(2900, 3000, 250) == 3000
+    g, d = torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)
+    o = OptimConfig(lr=1e-4, disc_lr=3e-4, betas=(0.9, 0.99), weight_decay=0.01)
+    opt_g, opt_d = adamw_pair(g.parameters(), d.parameters(), o)
+    assert [(x["lr"], x["betas"], x["weight_decay"]) for x in opt_g.param_groups] == [(1e-4, (0.9, 0.99), 0.01)]
+    assert [(x["lr"], x["betas"], x["weight_decay"]) for x in opt_d.param_groups] == [(3e-4, (0.9, 0.99), 0.01)]
+    assert sum(p.numel() for p in opt_d.param_groups[0]["params"]) == 3

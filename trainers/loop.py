@@ -404,6 +404,19 @@ def resume_from_latest(accelerator, out: Path, log: JsonlLog, ema: dict[str, tor
     return step, {k: v.to(torch.float32) for k, v in ema_sd.items()}
 
 
+def stop_step(step: int, max_steps: int, stop_after: int | None) -> int:
+    """The step a run started (or resumed) at ``step`` ends at: ``max_steps``, or ``stop_after``
+    more steps when that comes first (time-boxed sessions)."""
+    return max_steps if stop_after is None else min(max_steps, step + stop_after)
+
+
+def adamw_pair(g_params, d_params, optim) -> tuple[torch.optim.AdamW, torch.optim.AdamW]:
+    """AdamW for a generator's and a discriminator's parameters, at ``optim.lr`` and ``optim.disc_lr``
+    with the same betas and weight decay (an :class:`OptimConfig`)."""
+    return (torch.optim.AdamW(g_params, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay),
+            torch.optim.AdamW(d_params, lr=optim.disc_lr, betas=optim.betas, weight_decay=optim.weight_decay))
+
+
 @dataclass(frozen=True)
 class BatchShard:
     """One process's slice ``[start, start + size)`` of every global batch of ``global_batch`` items.

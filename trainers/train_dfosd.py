@@ -52,6 +52,7 @@ from trainers.loop import (
     DataConfig,
     JsonlLog,
     OptimConfig,
+    adamw_pair,
     average_gradients,
     batch_shard,
     build_hr_dataset,
@@ -68,6 +69,7 @@ from trainers.loop import (
     setup_accelerator,
     step_generator,
     step_loader,
+    stop_step,
     trainer_state_path,
     write_run_config,
 )
@@ -249,8 +251,7 @@ def train(cfg: DFOSDTrainConfig, resume: bool = True, stop_after: int | None = N
     ea = EADISTS(cfg.loss.vgg16, allow_random=cfg.loss.random_vgg, seed=cfg.seed).to(dev) if cfg.loss.ea_dists else None
     g_params = adapter_parameters(model.unet, ADAPTER) + [model.prompt_pos]
     d_params = nad.trainable_parameters()
-    opt_g = torch.optim.AdamW(g_params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
-    opt_d = torch.optim.AdamW(d_params, lr=o.disc_lr, betas=o.betas, weight_decay=o.weight_decay)
+    opt_g, opt_d = adamw_pair(g_params, d_params, o)
     ema = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
 
     log, metrics = JsonlLog(out / "train_log.jsonl"), JsonlLog(out / METRICS_FILE)
@@ -262,7 +263,7 @@ def train(cfg: DFOSDTrainConfig, resume: bool = True, stop_after: int | None = N
         load_trainable(nad, groups["nad"])
     sched_g, sched_d = (torch.optim.lr_scheduler.LambdaLR(opt, lambda s, _o=o, _s=step: lr_at(s + _s, _o))
                         for opt in (opt_g, opt_d))
-    end = o.max_steps if stop_after is None else min(o.max_steps, step + stop_after)
+    end = stop_step(step, o.max_steps, stop_after)
     ds = build_hr_dataset(cfg.data, cfg.degradation or DegradationConfig(), cfg.seed, o.max_steps * bsz)
     dl = step_loader(ds, cfg.data, step, end, shard, collate_pairs)
     resolved = {**json.loads(cfg.to_json()), "dfosd_model": model.config.to_dict()}

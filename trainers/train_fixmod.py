@@ -75,6 +75,7 @@ from trainers.loop import (
     save_checkpoint,
     setup_accelerator,
     step_loader,
+    stop_step,
     write_run_config,
 )
 from trainers.loop import load_config as load_config_as
@@ -284,7 +285,7 @@ def train(cfg: FixModTrainConfig, resume: bool = True, stop_after: int | None = 
     # -- resume
     log, metrics = JsonlLog(out / "train_log.jsonl"), JsonlLog(out / METRICS_FILE)
     step, ema = resume_from_latest(acc, out, log, ema, resume)
-    end = o.max_steps if stop_after is None else min(o.max_steps, step + stop_after)
+    end = stop_step(step, o.max_steps, stop_after)
     for group in opt.param_groups:
         group.setdefault("initial_lr", group["lr"])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, o), last_epoch=step - 1)  # at lr_at(step)

@@ -98,6 +98,7 @@ from trainers.loop import (
     setup_accelerator,
     step_generator,
     step_loader,
+    stop_step,
     trainer_state_path,
     write_run_config,
 )
@@ -348,7 +349,7 @@ def train(cfg: GenDRTrainConfig, resume: bool = True, stop_after: int | None = N
                 scores.load_adapter_state_dict(a, groups[f"adapter.{a}"])
     scheds = {k: torch.optim.lr_scheduler.LambdaLR(v, lambda s, _o=o, _s=step: lr_at(s + _s, _o))
               for k, v in opts.items()}
-    end = o.max_steps if stop_after is None else min(o.max_steps, step + stop_after)
+    end = stop_step(step, o.max_steps, stop_after)
     dl = step_loader(ds, cfg.data, step, end, shard, collate_pairs)
     resolved = {**json.loads(cfg.to_json()), "gendr_model": gen_model.config.to_dict()}
     if acc.is_main_process:

@@ -85,6 +85,7 @@ from trainers.loop import (
     resume_from_latest,
     save_checkpoint,
     setup_accelerator,
+    stop_step,
     step_loader,
     step_generator,
     sum_over_processes,
@@ -253,7 +254,7 @@ def train(cfg: PixelTrainConfig, resume: bool = True, stop_after: int | None = N
     # -- resume
     log, metrics = JsonlLog(out / "train_log.jsonl"), JsonlLog(out / METRICS_FILE)
     step, ema = resume_from_latest(acc, out, log, ema, resume)
-    end = o.max_steps if stop_after is None else min(o.max_steps, step + stop_after)
+    end = stop_step(step, o.max_steps, stop_after)
 
     # -- data
     ds = build_hr_dataset(cfg.data, cfg.degradation or DegradationConfig(), cfg.seed, o.max_steps * bsz)

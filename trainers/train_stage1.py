@@ -63,6 +63,7 @@ from trainers.loop import (
     DataConfig,
     JsonlLog,
     OptimConfig,
+    adamw_pair,
     batch_shard,
     build_hr_dataset,
     ema_update,
@@ -76,6 +77,7 @@ from trainers.loop import (
     save_checkpoint,
     setup_accelerator,
     step_loader,
+    stop_step,
     write_run_config,
 )
 from trainers.loop import load_config as load_config_as
@@ -210,14 +212,13 @@ def train(cfg: Stage1Config, resume: bool = True, stop_after: int | None = None)
     ema = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
 
     o = cfg.optim
-    opt_g = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
-    opt_d = torch.optim.AdamW(heads.parameters(), lr=o.disc_lr, betas=o.betas, weight_decay=o.weight_decay)
+    opt_g, opt_d = adamw_pair(model.parameters(), heads.parameters(), o)
     model, heads, opt_g, opt_d = acc.prepare(model, heads, opt_g, opt_d)
     unwrapped, heads_raw = acc.unwrap_model(model), acc.unwrap_model(heads)
 
     log, metrics = JsonlLog(out / "train_log.jsonl"), JsonlLog(out / METRICS_FILE)
     step, ema = resume_from_latest(acc, out, log, ema, resume)
-    end = o.max_steps if stop_after is None else min(o.max_steps, step + stop_after)
+    end = stop_step(step, o.max_steps, stop_after)
     ds = build_hr_dataset(cfg.data, cfg.degradation or DegradationConfig(), cfg.seed, o.max_steps * bsz)
     dl = step_loader(ds, cfg.data, step, end, shard, collate_pairs)
     resolved = {**json.loads(cfg.to_json()), "adc": unwrapped.config.to_dict()}

@@ -110,6 +110,7 @@ from trainers.loop import (
     DataConfig,
     JsonlLog,
     OptimConfig,
+    adamw_pair,
     batch_shard,
     build_hr_dataset,
     check_accumulation,
@@ -128,6 +129,7 @@ from trainers.loop import (
     setup_accelerator,
     step_generator,
     step_loader,
+    stop_step,
     validate,
     write_run_config,
 )
@@ -407,16 +409,14 @@ def train(cfg: Stage2Config, resume: bool = True, stop_after: int | None = None)
     teacher = load_frozen_teacher(cfg.teacher, dev, "online teacher") if cfg.teacher else None
 
     o = cfg.optim
-    opt_g = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=o.lr, betas=o.betas,
-                              weight_decay=o.weight_decay)
-    opt_d = torch.optim.AdamW(heads.parameters(), lr=o.disc_lr, betas=o.betas, weight_decay=o.weight_decay)
+    opt_g, opt_d = adamw_pair([p for p in model.parameters() if p.requires_grad], heads.parameters(), o)
     model, heads, opt_g, opt_d = acc.prepare(model, heads, opt_g, opt_d)
     unwrapped, heads_raw = acc.unwrap_model(model), acc.unwrap_model(heads)
 
     # -- resume
     log, metrics = JsonlLog(out / "train_log.jsonl"), JsonlLog(out / METRICS_FILE)
     step, ema = resume_from_latest(acc, out, log, ema, resume)
-    end = o.max_steps if stop_after is None else min(o.max_steps, step + stop_after)
+    end = stop_step(step, o.max_steps, stop_after)
 
     # -- data
     dl = step_loader(build_dataset(cfg), cfg.data, step, end, shard, collate_with_targets)
