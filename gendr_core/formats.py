@@ -4,7 +4,7 @@
 ``sd21_ldm_to_diffusers`` maps an original-layout (LDM) Stable Diffusion 2.x checkpoint to
 diffusers key names with diffusers' own converters (``convert_ldm_unet_checkpoint``,
 ``convert_ldm_vae_checkpoint``), driven by our local SD2.1 configs: nothing is looked up on the
-Hub. ``convert_to_model`` writes a GenDR-Pix model file; ``load_any`` does the same in memory.
+Hub. ``convert_to_model`` writes a GenDR-Pix model file; ``build_converted`` builds it in memory.
 Pickle files (``.ckpt``/``.pt``/``.pth``/``.bin``) are read only with
 ``torch.load(weights_only=True)``, which unpickles tensors and plain containers, never code.
 """
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .checkpoint import CONFIG_KEY, KIND_KEY, PICKLE_SUFFIXES, SD_LDM_UNET_KEY, load_model, parse_dtype, save_model
+from .checkpoint import CONFIG_KEY, KIND_KEY, PICKLE_SUFFIXES, SD_LDM_UNET_KEY, parse_dtype, save_model
 from .config import (
     DFOSDConfig,
     GenDRConfig,
@@ -564,31 +564,6 @@ def convert_to_model(
     return save_model(model, out, dtype=parse_dtype(dtype), metadata=meta)
 
 
-def load_any(
-    path: str | os.PathLike,
-    kind: str = "dfosd",
-    *,
-    device: str | torch.device | None = None,
-    dtype: torch.dtype | str | None = None,
-    **convert_kwargs: Any,
-) -> OneStepRestorer:
-    """Load our model file, or convert an SD2.x single file / diffusers UNet or folder in memory.
-
-    ``kind`` applies to converted sources only (see :func:`build_converted`).
-    """
-    from .checkpoint import BUILTIN_MODELS, default_dtype
-
-    if str(path) in BUILTIN_MODELS or (
-        Path(path).suffix.lower() == ".safetensors" and detect_format(path) is CheckpointFormat.GENDR_PIX
-    ):
-        return load_model(path, device=device, dtype=dtype)
-    model = build_converted(path, kind, **convert_kwargs)
-    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device=dev, dtype=parse_dtype(dtype) or default_dtype(dev))
-    model.source_path = str(path)  # type: ignore[attr-defined]
-    return model
-
-
 # ----------------------------------------------------------------------------- VGG16
 
 
@@ -663,7 +638,6 @@ __all__ = [
     "detect_format",
     "diffusers_unet_config",
     "ldm_unet_config",
-    "load_any",
     "load_diffusers_folder",
     "read_source",
     "read_state_dict",

@@ -26,7 +26,6 @@ from gendr_core.formats import (
     convert_to_model,
     convert_vgg16,
     detect_format,
-    load_any,
     load_diffusers_folder,
     read_state_dict,
     run_convert_command,
@@ -226,7 +225,7 @@ def test_sd21_single_file_to_dfosd_model(tmp_path, ldm_sd, originals):
 
 def test_sd21_to_gendr_pix_widens_io(tmp_path, ldm_sd, originals):
     unet, _ = originals
-    model = load_any(_write(tmp_path, ldm_sd), "gendr_pix", device="cpu", unet_config=UCFG, vae_config=VCFG)
+    model = build_converted(_write(tmp_path, ldm_sd), "gendr_pix", unet_config=UCFG, vae_config=VCFG)
     assert model.kind == "gendr_pix" and model.config.unet.in_channels == 192 and not hasattr(model, "vae")
     ref = widen_io(_copy(unet), 192)
     _assert_same(model.unet.state_dict(), ref.state_dict())
@@ -309,7 +308,7 @@ def test_diffusers_folder_round_trip(tmp_path, originals):
     assert src.unet_config == UCFG and src.vae_config == VCFG
     _assert_same(src.unet_sd, unet.state_dict())
     _assert_same(src.vae_sd, vae.state_dict())
-    model = load_any(root, "dfosd", device="cpu", dtype="fp32")
+    model = build_converted(root, "dfosd")
     torch.testing.assert_close(_unet_out(model.unet), _unet_out(unet), atol=1e-6, rtol=0)
     # a bare UNet folder works too
     assert load_diffusers_folder(root / "unet").vae_sd is None
