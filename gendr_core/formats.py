@@ -17,6 +17,7 @@ import inspect
 import json
 import logging
 import os
+import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -65,17 +66,35 @@ OTHER_SD_KEYS: dict[str, tuple[str, ...]] = {
     "SDXL": ("conditioner.embedders.", LDM_UNET_PREFIX + "label_emb.0.0.weight"),
     "SD1.x (SD1.5)": ("cond_stage_model.transformer.",),  # CLIP ViT-L (HF layout); SD2.x has OpenCLIP
 }
+# The first cross-attention key of each UNet layout: its weight is (inner, context dim), and the
+# context dim is the text encoder's width. A UNet-only file has no text-encoder key to go by.
+CONTEXT_KEYS = (
+    LDM_UNET_PREFIX + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight",  # SD single file
+    "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight",  # LDM UNet alone (ComfyUI models/unet)
+    "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight",  # diffusers UNet
+)
+SD1_CONTEXT_DIM = 768  # CLIP ViT-L/14 (SD1.x)
+SD2_CONTEXT_DIM = 1024  # OpenCLIP ViT-H/14 (SD2.x)
+SUPPORTED = "only Stable Diffusion 2.x (SD2.1) single files and diffusers folders are supported"
 
 
-def reject_other_sd(keys: Iterable[str], where: str) -> None:
-    """Raise CheckpointFormatError naming the generation when ``keys`` are an SDXL or SD1.x file."""
+def reject_other_sd(keys: Iterable[str], where: str, shapes: Mapping[str, tuple[int, ...]] | None = None) -> None:
+    """Raise CheckpointFormatError naming the generation when ``keys`` are an SDXL or SD1.x file.
+
+    ``shapes`` (tensor shapes by key) also catches an SD1.x UNet alone by its 768-wide context.
+    """
     keys = set(keys)
     for name, marks in OTHER_SD_KEYS.items():
         hit = next((k for k in sorted(keys) if any(k == m or (m.endswith(".") and k.startswith(m)) for m in marks)),
                    None)
         if hit is not None:
-            raise CheckpointFormatError(f"{where}: this is an {name} checkpoint (it has {hit!r}); only "
-                                        "Stable Diffusion 2.x (SD2.1) single files and diffusers folders are supported")
+            raise CheckpointFormatError(f"{where}: this is an {name} checkpoint (it has {hit!r}); {SUPPORTED}")
+    for key in CONTEXT_KEYS:
+        shape = (shapes or {}).get(key)
+        if shape is not None and len(shape) == 2 and shape[1] == SD1_CONTEXT_DIM:
+            raise CheckpointFormatError(
+                f"{where}: this is an SD1.x (SD1.5) UNet, not SD2.1: {key!r} has shape {tuple(shape)}, a "
+                f"{SD1_CONTEXT_DIM}-wide text context (SD2.1's is {SD2_CONTEXT_DIM}); {SUPPORTED}")
 
 
 class CheckpointFormat(enum.Enum):
@@ -100,18 +119,22 @@ def _folder_kind(path: Path) -> bool:
     return False
 
 
-def detect_format(source: str | os.PathLike | Mapping[str, Any] | Iterable[str]) -> CheckpointFormat:
+def detect_format(
+    source: str | os.PathLike | Mapping[str, Any] | Iterable[str], where: str | None = None
+) -> CheckpointFormat:
     """The format of a file, folder, state dict or set of state-dict keys.
 
     Checks, in order: a folder with ``model_index.json`` / ``unet/config.json`` (or a UNet's own
     ``config.json``) -> DIFFUSERS_FOLDER; GenDR-Pix metadata or keys ``prompt_pos`` +
     ``unet.conv_in.weight`` -> GENDR_PIX; ``model.diffusion_model.input_blocks.0.0.weight`` ->
     SD21_LDM; ``conv_in.weight`` + ``down_blocks.0.resnets.0.conv1.weight`` -> DIFFUSERS_UNET.
+    SDXL and SD1.x files are refused by name (keys, and for files and state dicts the context
+    width of :data:`CONTEXT_KEYS`). ``where`` names the source in errors (default: its path).
     """
-    where = "state dict"
+    shapes: dict[str, tuple[int, ...]] | None = None
     if isinstance(source, (str, os.PathLike)):
         path = Path(source).expanduser()
-        where = str(path)
+        where = where or str(path)
         if not path.exists():
             raise FileNotFoundError(f"checkpoint not found: {path}")
         if path.is_dir():
@@ -121,16 +144,19 @@ def detect_format(source: str | os.PathLike | Mapping[str, Any] | Iterable[str])
                 f"{path}: folder is not a diffusers model; looked for {', '.join(FOLDER_MARKERS)}"
             )
         if path.suffix.lower() == ".safetensors":
-            meta, keys = _safetensors_header(path)
+            meta, shapes = _safetensors_header(path)
             if KIND_KEY in meta and CONFIG_KEY in meta:
                 return CheckpointFormat.GENDR_PIX
         else:
-            keys = set(read_state_dict(path))
+            shapes = {k: tuple(v.shape) for k, v in read_state_dict(path).items()}
+        keys = set(shapes)
     elif isinstance(source, Mapping):
         keys = set(source)
+        shapes = {k: tuple(v.shape) for k, v in source.items() if isinstance(v, Tensor)}
     else:
         keys = set(source)
-    reject_other_sd(keys, where)
+    where = where or "state dict"
+    reject_other_sd(keys, where, shapes)
     for name, needed in FORMAT_KEYS.items():
         if all(k in keys for k in needed):
             return CheckpointFormat[name]
@@ -142,12 +168,13 @@ def detect_format(source: str | os.PathLike | Mapping[str, Any] | Iterable[str])
     )
 
 
-def _safetensors_header(path: Path) -> tuple[dict[str, str], set[str]]:
+def _safetensors_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
+    """(metadata, shape of every tensor) from the file's header; no tensor is read."""
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {}), set(f.keys())
+            return dict(f.metadata() or {}), {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointFormatError(f"{path}: not a readable .safetensors file ({exc})") from None
 
@@ -175,7 +202,8 @@ def read_state_dict(path: str | os.PathLike, prefixes: tuple[str, ...] | None = 
             f"{', '.join(PICKLE_SUFFIXES)}"
         )
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        # zip-format files (torch >= 1.6) are memory-mapped: a key check reads no tensor data
+        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is reported with the path
         raise CheckpointFormatError(
             f"{path}: cannot be read with torch.load(weights_only=True) ({exc}); only plain tensor state dicts "
@@ -369,7 +397,7 @@ def read_source(
     loaded = None
     if path.is_file() and path.suffix.lower() != ".safetensors":
         loaded = read_state_dict(path)  # a pickle is read once (weights_only), then its keys are checked
-        fmt = detect_format(loaded)
+        fmt = detect_format(loaded, where=str(path))
     else:
         fmt = detect_format(path)
     if fmt is CheckpointFormat.GENDR_PIX:

@@ -18,8 +18,12 @@ import torch
 from gendr_core import load_model, read_header
 from gendr_core.config import UNetConfig, VAEConfig, tiny_unet_config, tiny_vae_config
 from gendr_core.errors import CheckpointFormatError, GenDRPixError
+from gendr_core.checkpoint import SD_LDM_UNET_KEY
 from gendr_core.formats import (
+    CONTEXT_KEYS,
     FORMAT_KEYS,
+    SD1_CONTEXT_DIM,
+    SD2_CONTEXT_DIM,
     CheckpointFormat,
     add_convert_arguments,
     build_converted,
@@ -252,15 +256,60 @@ def test_ckpt_is_read_with_weights_only(tmp_path, ldm_sd, originals, monkeypatch
     real = torch.load
 
     def spy(*args, **kwargs):
-        seen.append(kwargs.get("weights_only"))
+        seen.append((kwargs.get("weights_only"), kwargs.get("mmap")))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(torch, "load", spy)
     assert detect_format(p) is CheckpointFormat.SD21_LDM
+    assert seen == [(True, True)]  # tensors only, memory-mapped: the key check reads no tensor data
     seen.clear()
     model = build_converted(p, "dfosd", unet_config=UCFG, vae_config=VCFG)
-    assert seen == [True]  # read once, tensors only
+    assert seen == [(True, True)]  # read once
     _assert_same(model.unet.state_dict(), originals[0].state_dict())
+    legacy = tmp_path / "v2-legacy.ckpt"  # torch < 1.6 format cannot be memory-mapped
+    torch.save(dict(ldm_sd), legacy, _use_new_zipfile_serialization=False)
+    seen.clear()
+    assert detect_format(legacy) is CheckpointFormat.SD21_LDM and seen == [(True, False)]
+
+
+# An SD1.x UNet with no text encoder beside it, in the three layouts CONTEXT_KEYS covers: only the
+# keys the detector reads, with SD1.x's 768-wide cross-attention context (320 inner -> 4 here), and
+# what the same keys are with SD2.1's 1024 (a bare LDM UNet is not a format we read).
+_UNET_ALONE = {
+    "ldm": ({SD_LDM_UNET_KEY: (4, 4, 3, 3), CONTEXT_KEYS[0]: (4,)}, CheckpointFormat.SD21_LDM),
+    "ldm_unet_alone": ({"input_blocks.0.0.weight": (4, 4, 3, 3), CONTEXT_KEYS[1]: (4,)}, None),
+    "diffusers": ({**dict.fromkeys(FORMAT_KEYS["DIFFUSERS_UNET"], (4, 4, 3, 3)), CONTEXT_KEYS[2]: (4,)},
+                  CheckpointFormat.DIFFUSERS_UNET),
+}
+
+
+@pytest.mark.parametrize("layout", list(_UNET_ALONE))
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_sd15_unet_alone_is_rejected_by_shape(tmp_path, layout, suffix):
+    shapes, sd2_format = _UNET_ALONE[layout]
+
+    def state_dict(context_dim):
+        return {k: torch.zeros(*shape, context_dim) if k in CONTEXT_KEYS else torch.zeros(shape)
+                for k, shape in shapes.items()}
+
+    sd = state_dict(SD1_CONTEXT_DIM)
+    path = tmp_path / f"sd15_unet{suffix}"
+    if suffix == ".safetensors":
+        safetensors.torch.save_file(sd, path)
+    else:
+        torch.save(sd, path)
+    said = rf"^{re.escape(str(path))}: this is an SD1\.x \(SD1\.5\) UNet, not SD2\.1: .*\(4, 768\)"
+    with pytest.raises(CheckpointFormatError, match=said):
+        detect_format(path)
+    with pytest.raises(CheckpointFormatError, match=said):  # the path gendr-pix convert and the trainers take
+        build_converted(path, "gendr_pix")
+    with pytest.raises(CheckpointFormatError, match=r"^state dict: this is an SD1\.x"):
+        detect_format(sd)
+    if sd2_format is None:
+        with pytest.raises(CheckpointFormatError, match="unknown checkpoint format"):
+            detect_format(state_dict(SD2_CONTEXT_DIM))
+    else:
+        assert detect_format(state_dict(SD2_CONTEXT_DIM)) is sd2_format
 
 
 def test_wrong_layout_names_the_tensor(tmp_path, ldm_sd):
