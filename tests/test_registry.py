@@ -7,6 +7,8 @@ import subprocess
 import tomllib
 from pathlib import Path
 
+from PIL import Image
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -23,6 +25,19 @@ def test_tool_comfy_has_the_registry_fields():
     comfy = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["comfy"]
     assert comfy["PublisherId"] and comfy["DisplayName"] and comfy["requires-comfyui"].startswith(">=")
     assert isinstance(comfy["includes"], list)
+
+
+def test_registry_icon_url_is_a_square_png_of_this_repository():
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())
+    repo_url = meta["project"]["urls"]["Repository"]
+    prefix = repo_url.replace("https://github.com/", "https://raw.githubusercontent.com/") + "/main/"
+    icon = meta["tool"]["comfy"]["Icon"]
+    assert icon.startswith(prefix), icon
+    path = REPO / icon[len(prefix):]
+    files = subprocess.run(["git", "ls-files", icon[len(prefix):]], cwd=REPO, capture_output=True, text=True).stdout
+    assert path.is_file() and files.strip(), f"{path} must be a tracked file"
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.size[0] == im.size[1] and 64 <= im.size[0] <= 400, (im.format, im.size)
 
 
 def test_comfyignore_drops_development_files_and_keeps_everything_run_time_needs():

@@ -4,7 +4,10 @@
 --hr ../shared/data/val/Kodak24/HR/kodim23.png -o gendr_core/assets/readme_before_after.png``
 writes side-by-side crops (bicubic | model | ground truth when ``--hr`` is given) of an
 x``scale`` restoration; ``sample`` makes the bundled low-quality sample from an HR image with
-the fixed evaluation degradation; ``curves`` copies a run's ``curves.png`` after re-plotting it.
+the fixed evaluation degradation; ``curves`` copies a run's ``curves.png`` after re-plotting it;
+``icon`` makes the registry icon (``[tool.comfy] Icon``): a square crop of the sample, the LQ
+(nearest) above the diagonal and the default model's x4 restoration below it,
+``python -m trainers.figures icon --lq gendr_core/assets/sample_kodim23_lq.png -o gendr_core/assets/icon.png``.
 """
 
 from __future__ import annotations
@@ -58,6 +61,28 @@ def before_after(lq: Path, out: Path, model_name: str | None, scale: int, box: t
     return save_image_atomic(fig, out, optimize=True)
 
 
+def icon(lq: Path, out: Path, model_name: str | None = None, scale: int = 4, side: int = 256,
+         center: tuple[float, float] = (0.5, 0.5)) -> Path:
+    """A ``side``-px square: the LQ crop (nearest, x``scale``) above the anti-diagonal, the model's
+    restoration of the same crop below it; ``center`` = the crop centre as fractions of (x, y)."""
+    model = load_model(model_name, dtype="fp32")
+    x, _, _ = load_image(lq)
+    h, w = x.shape[-2] * scale, x.shape[-1] * scale
+    if side > min(h, w):
+        raise ValueError(f"icon side {side} is larger than the x{scale} output {w}x{h} of {lq}")
+    with torch.no_grad():
+        restored = tensor_to_pil(upscale(x, model, scale=scale).clamp(0, 1))
+    before = tensor_to_pil(x).resize((w, h), Image.NEAREST)
+    left = min(max(0, round(center[0] * w - side / 2)), w - side)
+    top = min(max(0, round(center[1] * h - side / 2)), h - side)
+    box = (left, top, left + side, top + side)
+    mask = Image.new("L", (side, side), 0)
+    ImageDraw.Draw(mask).polygon([(side, 0), (side, side), (0, side)], fill=255)
+    canvas = before.crop(box)
+    canvas.paste(restored.crop(box), (0, 0), mask)
+    return save_image_atomic(canvas, out, optimize=True)
+
+
 def make_sample(hr: Path, out: Path, scale: int = 4, seed: int = 0) -> Path:
     """The bundled sample: ``hr`` degraded by the fixed evaluation degradation (see gendr_core.evaluate)."""
     from gendr_core.degradation import degrade_fixed
@@ -89,6 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--scale", type=int, default=4)
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("-o", "--out", type=Path, required=True)
+    ic = sub.add_parser("icon", help="the registry icon: LQ | restoration split along the diagonal")
+    ic.add_argument("--lq", type=Path, required=True)
+    ic.add_argument("--model", default=None, help=f"model file or built-in name (default {DEFAULT_MODEL})")
+    ic.add_argument("--side", type=int, default=256)
+    ic.add_argument("--center", default="0.5,0.5", help="crop centre as fractions of the width,height")
+    ic.add_argument("-o", "--out", type=Path, required=True)
     cv = sub.add_parser("curves", help="re-plot a run's curves and copy them")
     cv.add_argument("run_dir", type=Path)
     cv.add_argument("-o", "--out", type=Path, required=True)
@@ -101,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         path = before_after(args.lq, args.out, args.model, args.scale, box, args.hr, args.zoom)
     elif args.cmd == "sample":
         path = make_sample(args.hr, args.out, args.scale, args.seed)
+    elif args.cmd == "icon":
+        cx, cy = (float(v) for v in args.center.split(","))
+        path = icon(args.lq, args.out, args.model, side=args.side, center=(cx, cy))
     else:
         path = curves(args.run_dir, args.out)
     logger.info("wrote %s", path)
