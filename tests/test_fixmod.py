@@ -193,7 +193,7 @@ def test_train_fixmod_tiny_writes_restorer_plus_fixmod_and_resumes(tmp_path):
     def config(out):
         return load_config(repo / "trainers" / "configs" / "fixmod_tiny_cpu.json", {
             "restorer": str(src), "output_dir": str(tmp_path / out), "data.train_dirs": fixtures,
-            "data.val_dirs": fixtures, "optim.max_steps": 3})
+            "data.val_dirs": fixtures, "optim.max_steps": 3, "optim.warmup_steps": 4})
 
     cfg = config("run")
     path = train(cfg, resume=False)
@@ -210,6 +210,8 @@ def test_train_fixmod_tiny_writes_restorer_plus_fixmod_and_resumes(tmp_path):
             assert torch.equal(a.get_tensor(k), b.get_tensor(k)) and b.get_tensor(k).dtype == torch.float16, k
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if r["kind"] == "train"] == [1, 2, 3]
+    # the LR after each step: warm-up (step + 1) / 4 (the resumed run below must carry it on)
+    assert [r["lr"] for r in log if r["kind"] == "train"] == pytest.approx([cfg.optim.lr * f for f in (0.5, 0.75, 1)])
     (val,) = [r for r in log if r["kind"] == "val"]
     assert set(val) >= {"psnr_y", "psnr_y_restorer", "psnr_y_wavelet", "psnr_y_bicubic"}
     # stopped after 2 steps and resumed: the same FixMod as the uninterrupted run

@@ -84,11 +84,13 @@ def test_adversarial_term_by_hand(tmp_path):
 
 
 def test_tiny_run_resumes_and_exports_a_merged_dfosd(tmp_path):
-    cfg = _cfg(tmp_path, "split")
+    cfg = _cfg(tmp_path, "split", **{"optim.warmup_steps": 5})
     td.train(cfg, stop_after=2)
     out = td.train(cfg)
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs] == [1, 2, 3, 4] and all(r["world_size"] == 1 for r in recs)
+    # the LR after each step: warm-up (step + 1) / 5, carried on across the resume at step 2
+    assert [r["lr"] for r in recs] == pytest.approx([cfg.optim.lr * f for f in (0.4, 0.6, 0.8, 1.0)])
     kind, mcfg, meta = read_header(out / td.EXPORT_FILE)
     assert (kind, meta["gendr_pix.stage"]) == ("dfosd", "dfosd")
     exported = load_model(out / td.EXPORT_FILE, "cpu", torch.float32)

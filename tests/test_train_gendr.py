@@ -146,11 +146,13 @@ def test_three_phases_chain_and_frozen_parts_stay_bit_identical(tmp_path):
 
     cida_cfg = tg.load_config(CONFIGS / "gendr_cida_tiny_cpu.json",
                               {**common, "init_from": str(reg / tg.EXPORT_FILE), "score_base": str(base_file),
-                               "output_dir": str(tmp_path / "cida")})
+                               "output_dir": str(tmp_path / "cida"), "optim.warmup_steps": 4})
     cida = tg.train(cida_cfg, stop_after=1)
     cida = tg.train(cida_cfg)  # resumes: heads, both adapters, generator and optimisers from the checkpoint
     recs = _records(cida)
     assert [r["step"] for r in recs] == [1, 2] and all(r["world_size"] == 1 for r in recs)
+    # the LR after each step: warm-up (step + 1) / 4, carried on across the resume at step 1
+    assert [r["lr"] for r in recs] == pytest.approx([cida_cfg.optim.lr * 0.5, cida_cfg.optim.lr * 0.75])
     assert {"loss_cid", "loss_adv_g", "loss_repa", "adv_d", "score_real", "score_fake", "omega"} <= set(recs[0])
     # lambda_1 = 10 for the first lambda_cid_warmup_steps (2 here) steps
     assert read_header(cida / tg.EXPORT_FILE)[0] == "gendr"

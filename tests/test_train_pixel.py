@@ -286,6 +286,34 @@ def test_stage8_recipe_config_continues_stage7_on_384px_crops():
     assert stage8.model == stage7.model and stage8.degradation == stage7.degradation
 
 
+def test_shared_lr_schedulers_warm_up_hold_and_resume():
+    from trainers.loop import OptimConfig, make_scheduler, make_schedulers
+
+    o = OptimConfig(lr=1e-3, disc_lr=2e-3, warmup_steps=4, schedule="constant", max_steps=10)
+
+    def sgd(lr):
+        return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+
+    def run(opt, sched, n):  # the LR each of n optimiser steps uses
+        out = []
+        for _ in range(n):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    opt = sgd(1e-3)
+    sched = make_scheduler(opt, o)
+    assert run(opt, sched, 2) == pytest.approx([2.5e-4, 5e-4])  # linear warm-up: (step + 1) / 4
+    resumed = sgd(1e-3)
+    resumed.load_state_dict(opt.state_dict())  # the saved LR is mid-warm-up; the base LR is kept
+    assert run(resumed, make_scheduler(resumed, o, 2), 4) == pytest.approx([7.5e-4, 1e-3, 1e-3, 1e-3])
+    assert run(opt, sched, 4) == pytest.approx([7.5e-4, 1e-3, 1e-3, 1e-3])  # the same as without the break
+    opt_g, opt_d = sgd(o.lr), sgd(o.disc_lr)
+    make_schedulers(opt_g, opt_d, o, step=3, d_start=2)  # D has had 1 step of its own schedule
+    assert (opt_g.param_groups[0]["lr"], opt_d.param_groups[0]["lr"]) == pytest.approx((1e-3, 1e-3))
+
+
 def test_stop_step_and_adamw_pair_of_the_shared_loop():
     from trainers.loop import OptimConfig, adamw_pair, stop_step
 

@@ -24,7 +24,6 @@ import math
 import os
 import shutil
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -244,18 +243,15 @@ def lr_at(step: int, o: OptimConfig) -> float:
     return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p))
 
 
+def make_scheduler(opt: torch.optim.Optimizer, o: OptimConfig, start: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """LambdaLR(lr_at) for ``opt`` whose schedule is already ``start`` steps in (a resumed run)."""
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s, _o=o, _start=start: lr_at(s + _start, _o))
+
+
 def make_schedulers(opt_g, opt_d, o: OptimConfig, step: int, d_start: int) -> list:
-    """LambdaLR(lr_at) for the generator and discriminator optimisers, fast-forwarded to ``step``
+    """:func:`make_scheduler` for the generator and discriminator optimisers at ``step``
     (the discriminator's schedule starts at ``d_start``, when adversarial training begins)."""
-    scheds = [torch.optim.lr_scheduler.LambdaLR(opt, lambda s, _o=o: lr_at(s, _o), last_epoch=-1)
-              for opt in (opt_g, opt_d)]
-    with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": intended when resuming
-        warnings.simplefilter("ignore", UserWarning)
-        for _ in range(step):
-            scheds[0].step()
-        for _ in range(max(0, step - d_start)):
-            scheds[1].step()
-    return scheds
+    return [make_scheduler(opt_g, o, step), make_scheduler(opt_d, o, max(0, step - d_start))]
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:

@@ -60,7 +60,7 @@ from trainers.loop import (
     finish_distributed,
     latest_checkpoint,
     load_trainer_state,
-    lr_at,
+    make_schedulers,
     reduce_for_log,
     refuse_deepspeed,
     resume_from_latest,
@@ -261,8 +261,7 @@ def train(cfg: DFOSDTrainConfig, resume: bool = True, stop_after: int | None = N
         groups = load_trainer_state(trainer_state_path(out, step), opts)
         load_trainable(model, groups["generator"])
         load_trainable(nad, groups["nad"])
-    sched_g, sched_d = (torch.optim.lr_scheduler.LambdaLR(opt, lambda s, _o=o, _s=step: lr_at(s + _s, _o))
-                        for opt in (opt_g, opt_d))
+    sched_g, sched_d = make_schedulers(opt_g, opt_d, o, step, d_start=0)  # both schedules count from step 0
     end = stop_step(step, o.max_steps, stop_after)
     ds = build_hr_dataset(cfg.data, cfg.degradation or DegradationConfig(), cfg.seed, o.max_steps * bsz)
     dl = step_loader(ds, cfg.data, step, end, shard, collate_pairs)

@@ -68,7 +68,7 @@ from trainers.loop import (
     finish_distributed,
     gather_indices,
     load_val_set,
-    lr_at,
+    make_scheduler,
     plot_curves,
     reduce_for_log,
     resume_from_latest,
@@ -286,9 +286,7 @@ def train(cfg: FixModTrainConfig, resume: bool = True, stop_after: int | None = 
     log, metrics = JsonlLog(out / "train_log.jsonl"), JsonlLog(out / METRICS_FILE)
     step, ema = resume_from_latest(acc, out, log, ema, resume)
     end = stop_step(step, o.max_steps, stop_after)
-    for group in opt.param_groups:
-        group.setdefault("initial_lr", group["lr"])
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, o), last_epoch=step - 1)  # at lr_at(step)
+    sched = make_scheduler(opt, o, step)  # at lr_at(step)
 
     # -- data
     dl = step_loader(build_dataset(cfg), cfg.data, step, end, shard, collate)

@@ -89,7 +89,7 @@ from trainers.loop import (
     finish_distributed,
     latest_checkpoint,
     load_trainer_state,
-    lr_at,
+    make_scheduler,
     reduce_for_log,
     refuse_deepspeed,
     resume_from_latest,
@@ -347,8 +347,7 @@ def train(cfg: GenDRTrainConfig, resume: bool = True, stop_after: int | None = N
         if scores is not None:
             for a in scores.ADAPTERS:
                 scores.load_adapter_state_dict(a, groups[f"adapter.{a}"])
-    scheds = {k: torch.optim.lr_scheduler.LambdaLR(v, lambda s, _o=o, _s=step: lr_at(s + _s, _o))
-              for k, v in opts.items()}
+    scheds = {k: make_scheduler(v, o, step) for k, v in opts.items()}
     end = stop_step(step, o.max_steps, stop_after)
     dl = step_loader(ds, cfg.data, step, end, shard, collate_pairs)
     resolved = {**json.loads(cfg.to_json()), "gendr_model": gen_model.config.to_dict()}
