@@ -385,6 +385,13 @@ def tiny_gendr_config() -> GenDRConfig:
     return GenDRConfig(unet=tiny_unet_config(16, 16), vae=tiny_vae_config(16), prompt_tokens=4)
 
 
+def tiny_gendr_f8_config() -> GenDRConfig:
+    """A tiny GenDR teacher whose 16-channel VAE downsamples x8 like SD's (Stage I's unshuffle factor)."""
+    vae = VAEConfig(block_out_channels=(8, 8, 8, 8), layers_per_block=1, latent_channels=16, norm_num_groups=4,
+                    sample_size=32)
+    return GenDRConfig(unet=tiny_unet_config(16, 16), vae=vae, prompt_tokens=4)
+
+
 def tiny_dfosd_config() -> DFOSDConfig:
     return DFOSDConfig(unet=tiny_unet_config(4, 4), vae=tiny_vae_config(4), prompt_tokens=4)
 

@@ -128,13 +128,18 @@ def test_pixel_trainer_two_processes_equal_one_with_the_same_global_batch(tmp_pa
     assert all("loss_neg_l1" in r and "loss_adv_g" in r for r in _metrics(one))
 
 
+def _tiny_model_file(cls: type, config, path: Path) -> Path:
+    """A seeded ``cls(config)`` with a random positive prompt (not the zero init), saved to ``path``."""
+    torch.manual_seed(0)
+    model = cls(config)
+    with torch.no_grad():
+        model.prompt_pos.normal_(0, 0.5)
+    return save_model(model, path)
+
+
 def _stage2_config(tmp_path: Path) -> Path:
     """stage2_tiny_cpu.json (global batch 2, adversarial, feature matching, L1 + MFS) from a tiny student."""
-    torch.manual_seed(0)
-    student = GenDRPix(tiny_gendr_pix_config())
-    with torch.no_grad():
-        student.prompt_pos.normal_(0, 0.5)
-    init = save_model(student, tmp_path / "student.safetensors")
+    init = _tiny_model_file(GenDRPix, tiny_gendr_pix_config(), tmp_path / "student.safetensors")
     cfg = tmp_path / "stage2.json"
     cfg.write_text(json.dumps({
         "base": str(CONFIGS / "stage2_tiny_cpu.json"), "init_from": str(init), "val_every": 0,
@@ -182,3 +187,22 @@ def test_fixmod_trainer_two_processes_equal_one_with_the_same_global_batch(tmp_p
     train_fixmod.train(train_fixmod.load_config(cfg, {"output_dir": str(tmp_path / "one")}), resume=False)
     _launch("torchrun", "trainers.train_fixmod", cfg, tmp_path / "two")  # train() returns the export file
     _assert_same_run(tmp_path / "one", tmp_path / "two", 2)
+
+
+def test_stage1_trainer_two_processes_equal_one_with_the_same_global_batch(tmp_path):
+    """train_stage1 (GenDR-Adc distilled from a frozen tiny teacher, adversarial heads in DDP) under torchrun
+    with 2 ranks, global batch 2 (1 per rank): 20 steps equal a 1-process run, each rank on its own half."""
+    from gendr_core.config import tiny_gendr_f8_config
+    from gendr_core.models import GenDRTeacher
+    from trainers import train_stage1
+
+    teacher_file = _tiny_model_file(GenDRTeacher, tiny_gendr_f8_config(), tmp_path / "teacher.safetensors")
+    cfg = tmp_path / "stage1.json"
+    cfg.write_text(json.dumps({
+        "base": str(CONFIGS / "stage1_tiny_cpu.json"), "teacher": str(teacher_file), "save_every": STEPS,
+        "data": {"train_dirs": [str(FIXTURES)]},
+        "optim": {"max_steps": STEPS, "lr": LR, "disc_lr": LR}}))
+    train_stage1.train(train_stage1.load_config(cfg, {"output_dir": str(tmp_path / "one")}), resume=False)
+    _launch("torchrun", "trainers.train_stage1", cfg, tmp_path / "two")
+    _assert_same_run(tmp_path / "one", tmp_path / "two", 2)
+    assert all("loss_adv_g" in r and "adv_d" in r for r in _metrics(tmp_path / "one"))

@@ -12,7 +12,7 @@ import torch
 pytest.importorskip("accelerate")
 
 from gendr_core.checkpoint import load_model, read_header, save_model  # noqa: E402
-from gendr_core.config import GenDRConfig, VAEConfig, tiny_gendr_pix_config, tiny_unet_config  # noqa: E402
+from gendr_core.config import tiny_gendr_f8_config, tiny_gendr_pix_config  # noqa: E402
 from gendr_core.errors import ConfigError  # noqa: E402
 from gendr_core.losses import generator_adv_loss  # noqa: E402
 from gendr_core.models import GenDRTeacher  # noqa: E402
@@ -28,16 +28,9 @@ TINY = REPO / "trainers" / "configs" / "stage1_tiny_cpu.json"
 FIXTURES = REPO / "tests" / "fixtures"
 
 
-def tiny_f8_teacher_config() -> GenDRConfig:
-    """A tiny GenDR teacher whose 16-channel VAE downsamples x8 (the unshuffle factor)."""
-    vae = VAEConfig(block_out_channels=(8, 8, 8, 8), layers_per_block=1, latent_channels=16, norm_num_groups=4,
-                    sample_size=32)
-    return GenDRConfig(unet=tiny_unet_config(16, 16), vae=vae, prompt_tokens=4)
-
-
 def _teacher(seed: int = 0) -> GenDRTeacher:
     torch.manual_seed(seed)
-    t = GenDRTeacher(tiny_f8_teacher_config())
+    t = GenDRTeacher(tiny_gendr_f8_config())
     with torch.no_grad():
         t.prompt_pos.normal_(0, 0.5)
     return t.eval().requires_grad_(False)

@@ -68,6 +68,7 @@ from trainers.loop import (
     build_hr_dataset,
     ema_update,
     finish_distributed,
+    gather_indices,
     latest_checkpoint,
     load_frozen_model,
     make_schedulers,
@@ -263,13 +264,14 @@ def train(cfg: Stage1Config, resume: bool = True, stop_after: int | None = None)
             scal = reduce_for_log(acc, {"loss": loss.detach(), "l1_hr_latent": monitor,
                                         **({"adv_d": d_loss.detach()} if d_loss is not None else {}),
                                         **{f"loss_{k}": v.detach() for k, v in terms.items()}})
+            indices = gather_indices(acc, batch["index"])  # every process: a collective
             if acc.is_main_process:
                 lr_now = scheds[0].get_last_lr()[0]
                 log.write({"kind": "train", "step": step, "lr": lr_now,
                            "images_per_s": seen * shard.world_size / (time.time() - t0), **scal})
                 metrics.write({"step": step, "loss": scal["loss"], "world_size": shard.world_size,
                                "samples_seen": step * bsz, "lr": lr_now,
-                               **{k: v for k, v in scal.items() if k != "loss"}})
+                               **{k: v for k, v in scal.items() if k != "loss"}, "rank_indices": indices})
                 pbar.set_postfix(loss=f"{scal['loss']:.4f}")
         if step % cfg.save_every == 0 or step == end:
             save_checkpoint(acc, out, step, ema, resolved, cfg.keep_checkpoints)
