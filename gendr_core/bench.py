@@ -715,7 +715,9 @@ def measure(job: dict[str, Any], memory: str, built: tuple | None = None) -> dic
         from .checkpoint import default_dtype, parse_dtype
 
         device = torch.device(job["device"])
-        return _measure_teacher(job, memory, device, parse_dtype(job["dtype"]) or default_dtype(device))
+        # a teacher (e.g. RRDBNet through spandrel) runs as ComfyUI's upscaler runs it: fp32 on a CPU
+        teacher_dtype = torch.float32 if device.type == "cpu" else default_dtype(device)
+        return _measure_teacher(job, memory, device, parse_dtype(job["dtype"]) or teacher_dtype)
     model, speed = built if built is not None else build_for_job(job)
     row = measure_model(model, job["size"], scale=job["scale"], guidance=job["guidance"],
                         branch_mode=job["branch_mode"], warmup=job["warmup"], repeats=job["repeats"],

@@ -331,7 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="strength of the post-fix, 0 = unchanged .. 1 = full (default 1 when a fix runs; with "
                          "'auto' on a file without FixMod, a value > 0 runs the wavelet fix at that strength)")
     up.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    up.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"), help="compute dtype")
+    up.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
+                    help="compute dtype; 'auto' (default): bf16 on GPUs that support it (else fp16), bf16 on CPUs "
+                         "with native bf16 (AVX512-BF16/AMX; ~1.9x faster, same output to 0.01 dB), else fp32")
     up.add_argument("--format", default="png", choices=("png", "jpg", "webp"), help="output format for folders")
     up.add_argument("--overwrite", action="store_true", help="replace existing output files")
     up.add_argument("--skip-existing", action="store_true",

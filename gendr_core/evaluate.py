@@ -457,6 +457,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                         "adds an LPIPS column")
     p.add_argument("--max-images", type=int, default=None, help="first N images per folder")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
+                   help="our model's compute dtype (default auto, as upscale: bf16 on GPUs and on CPUs with native "
+                        "bf16, else fp32); --compare models run in fp32")
     p.add_argument("--json", "--out", dest="json", default=None, metavar="OUT",
                    help="write the summary rows and the per-image results as JSON here")
     p.add_argument("--sheet", default=None, metavar="OUT.png",
@@ -517,7 +520,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
     if args.sheet_images < 1 or args.sheet_crop < args.scale:
         raise ValueError(f"--sheet-images must be >= 1 and --sheet-crop >= the scale ({args.scale})")
 
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
     names = {BICUBIC, OURS}
     methods = [EvalMethod(BICUBIC, _bicubic)]
     methods += [_load_compare(p, args.device, args.scale, args.compare_tile, names) for p in compare_files]
@@ -542,6 +545,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
     sys.stdout.write(format_table(result.rows) + "\n")
     if args.json:
         payload = {"model": getattr(model, "source_path", None), "scale": args.scale,
+                   "dtype": str(model.dtype).replace("torch.", ""),
                    "protocol": "fixed_eval_degradation, seed = image index; PSNR/SSIM on Y, border = scale",
                    "methods": [{"name": m.name, "guidance": m.guidance, "ensemble": m.ensemble, "source": m.source}
                                for m in methods],

@@ -1,13 +1,15 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import safetensors.torch
 import torch
 
 from gendr_core import load_model, read_header, save_model
-from gendr_core.checkpoint import CONFIG_KEY, KIND_KEY, describe, parse_dtype
+from gendr_core import checkpoint
+from gendr_core.checkpoint import CONFIG_KEY, KIND_KEY, default_dtype, describe, parse_dtype, warn_slow_dtype
 from gendr_core.config import tiny_dfosd_config, tiny_gendr_config
 from gendr_core.errors import CheckpointFormatError
 from gendr_core.models import build_model
@@ -17,7 +19,7 @@ def test_save_load_round_trip_identical(tmp_path, tiny_pix):
     p = save_model(tiny_pix, tmp_path / "m.safetensors")
     kind, cfg, meta = read_header(p)
     assert kind == "gendr_pix" and cfg == tiny_pix.config and meta["format"] == "pt"
-    loaded = load_model(p, device="cpu")
+    loaded = load_model(p, device="cpu", dtype="fp32")
     assert loaded.config == tiny_pix.config
     a, b = tiny_pix.state_dict(), loaded.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -34,7 +36,8 @@ def test_latent_kinds_round_trip(tmp_path, make):
 def test_fp16_save_and_dtype_choice(tmp_path, tiny_pix):
     p = save_model(tiny_pix, tmp_path / "h.safetensors", dtype=torch.float16)
     m = load_model(p, device="cpu")
-    assert m.dtype == torch.float32  # CPU default dtype
+    assert m.dtype == default_dtype(torch.device("cpu"))  # auto: bf16 on CPUs with native bf16, else fp32
+    assert load_model(p, device="cpu", dtype="fp32").dtype == torch.float32
     assert load_model(p, device="cpu", dtype="bf16").dtype == torch.bfloat16
     with pytest.raises(ValueError, match="dtype='fp8'"):
         parse_dtype("fp8")
@@ -125,13 +128,15 @@ def test_fixmod_round_trip_identical_tensors_and_outputs(tmp_path, tiny_pix):
     with safetensors.safe_open(str(p), framework="pt") as f:
         assert sorted(k for k in f.keys() if k.startswith("fixmod.")) == sorted(
             f"fixmod.{k}" for k in m.fixmod.state_dict())
-    loaded = load_model(p, device="cpu")
+    loaded = load_model(p, device="cpu", dtype="fp32")
     assert loaded.fixmod is not None and loaded.fixmod.config == m.fixmod.config
     a, b = m.state_dict(), loaded.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not any(q.requires_grad for q in loaded.fixmod.parameters())
     x = torch.rand(1, 3, 16, 20, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(upscale(x, loaded, 2), upscale(x, m, 2))
+    # same weights bit for bit (above); outputs to fp32 rounding (oneDNN may pick other kernels for
+    # the loaded, file-backed tensors)
+    torch.testing.assert_close(upscale(x, loaded, 2), upscale(x, m, 2), rtol=0, atol=1e-5)
     assert not torch.equal(upscale(x, loaded, 2), upscale(x, loaded, 2, fixmod="off"))
     # fp16 file: FixMod weights stored in fp16 too, loaded in the requested dtype
     h = load_model(save_model(m, tmp_path / "h.safetensors", dtype=torch.float16), device="cpu", dtype="bf16")
@@ -145,7 +150,7 @@ def test_fixmod_round_trip_identical_tensors_and_outputs(tmp_path, tiny_pix):
 @pytest.mark.parametrize("make", [tiny_gendr_config, tiny_dfosd_config])
 def test_fixmod_on_latent_kinds(tmp_path, make):
     m = with_fixmod(build_model(make()))
-    loaded = load_model(save_model(m, tmp_path / "m.safetensors"), device="cpu")
+    loaded = load_model(save_model(m, tmp_path / "m.safetensors"), device="cpu", dtype="fp32")
     assert loaded.kind == m.kind and torch.equal(loaded.fixmod.head.weight, m.fixmod.head.weight)
 
 
@@ -211,13 +216,18 @@ def test_shipped_models_are_one_tuple():
 def test_raw_sd21_file_is_named_a_training_base(tmp_path, capsys):
     from gendr_core.cli import main as cli_main
 
+    sd = {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(320, 4, 3, 3),
+          "first_stage_model.encoder.conv_in.weight": torch.zeros(128, 3, 3, 3)}
+    ckpt = tmp_path / "v2-1_512-ema-pruned.ckpt"
+    torch.save({"state_dict": sd, "global_step": 1}, ckpt)  # the Lightning layout of the released .ckpt
     raw = tmp_path / "v2-1_768-ema-pruned.safetensors"
-    safetensors.torch.save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(320, 4, 3, 3),
-                                 "first_stage_model.encoder.conv_in.weight": torch.zeros(128, 3, 3, 3)}, raw)
-    for load in (read_header, load_model):
-        with pytest.raises(CheckpointFormatError, match=r"a training base, not a restorer; train restorers from it "
-                                                        r"with `python -m trainers\.recipe"):
-            load(raw)
+    safetensors.torch.save_file(sd, raw)
+    for path in (raw, ckpt):
+        for load in (read_header, load_model):
+            with pytest.raises(CheckpointFormatError, match=rf"^{re.escape(str(path))}: is a Stable Diffusion "
+                               r"single-file checkpoint \(LDM keys\), a training base, not a restorer; train "
+                               r"restorers from it with `python -m trainers\.recipe"):
+                load(path)
     img = tmp_path / "in.png"
     from PIL import Image
 
@@ -226,3 +236,21 @@ def test_raw_sd21_file_is_named_a_training_base(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "training base, not a restorer" in err and "trainers.recipe" in err
     assert not (tmp_path / "out.png").exists()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_dtype_on_cpu_is_bf16_only_where_the_cpu_has_native_bf16(monkeypatch, caplog, native):
+    monkeypatch.setattr(checkpoint, "cpu_has_native_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    assert default_dtype(cpu) == (torch.bfloat16 if native else torch.float32)
+    assert warn_slow_dtype(cpu, torch.float32) is None
+    slow_bf16 = warn_slow_dtype(cpu, torch.bfloat16)
+    assert (slow_bf16 is None) == native
+    line = warn_slow_dtype(cpu, torch.float16)
+    assert line is not None and "float16" in line and "emulated" in line
+    assert warn_slow_dtype(torch.device("cuda"), torch.float16) is None
+
+
+def test_cpu_bf16_probe_matches_torch():
+    expected = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert checkpoint.cpu_has_native_bf16() == expected

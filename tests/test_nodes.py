@@ -212,7 +212,8 @@ def test_loader_caches_across_prompts_and_reloads_changed_files(pack, nodes, mod
     assert stats == {"disk_loads": 1, "cache_hits": 0} and mm.FREE_MEMORY_CALLS  # memory freed before loading
     b = comfy_stub.execute_node(loader, model_name="tiny.safetensors", dtype="auto").args[0]
     assert b is a and stats == {"disk_loads": 1, "cache_hits": 1}
-    assert a.dtype == torch.float32 and a.device == torch.device("cpu")  # auto on CPU = fp32, offload device
+    cpu_auto = pack.nodes.memory.default_dtype(torch.device("cpu"))  # bf16 on CPUs with native bf16, else fp32
+    assert a.dtype == cpu_auto and a.device == torch.device("cpu")  # the offload device
     fp16 = comfy_stub.execute_node(loader, model_name="tiny.safetensors", dtype="fp16").args[0]
     assert fp16 is not a and fp16.dtype == torch.float16 and stats["disk_loads"] == 2
     fp1 = loader.fingerprint_inputs(model_name="tiny.safetensors", dtype="auto")
