@@ -183,6 +183,37 @@ def check_device(device: str | torch.device, name: str = "device") -> torch.devi
     return dev
 
 
+def physical_cores(cpuinfo: str | None = None) -> int | None:
+    """Physical cores listed in /proc/cpuinfo (distinct (physical id, core id) pairs), or None
+    where that file is absent or names none (other systems, some VMs)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    cores, phys = set(), "0"
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "physical id":
+            phys = value.strip()
+        elif key == "core id":
+            cores.add((phys, value.strip()))
+    return len(cores) or None
+
+
+def default_threads() -> int:
+    """CPU threads for inference: the physical cores this process may run on, i.e. the smaller of
+    the physical core count and the CPUs of its affinity mask (a container or ``taskset`` limit);
+    hyper-threads only slow the convolutions down. Falls back to the affinity count."""
+    try:
+        allowed = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        allowed = os.cpu_count() or 1
+    cores = physical_cores()
+    return max(1, min(allowed, cores) if cores else allowed)
+
+
 def cpu_has_native_bf16() -> bool:
     """True when this CPU computes bf16 natively (AVX512-BF16 or AMX), as PyTorch's own CPU
     probes report it; False where the probes are missing (older torch builds) or fail."""

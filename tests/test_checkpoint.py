@@ -254,3 +254,21 @@ def test_auto_dtype_on_cpu_is_bf16_only_where_the_cpu_has_native_bf16(monkeypatc
 def test_cpu_bf16_probe_matches_torch():
     expected = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     assert checkpoint.cpu_has_native_bf16() == expected
+
+
+def test_physical_cores_counts_distinct_core_ids_per_package():
+    smt = "".join(f"processor : {i}\nphysical id : {i // 4}\ncore id : {(i % 4) // 2}\n\n" for i in range(8))
+    assert checkpoint.physical_cores(smt) == 4  # 2 packages x 2 cores x 2 hyper-threads
+    assert checkpoint.physical_cores("processor : 0\n") is None
+
+
+def test_default_threads_is_physical_cores_within_the_affinity_mask(monkeypatch):
+    import os
+
+    monkeypatch.setattr(checkpoint, "physical_cores", lambda: 8)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert checkpoint.default_threads() == 3  # a container / taskset limit of 3 CPUs
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert checkpoint.default_threads() == 8  # 16 logical CPUs, 8 physical cores
+    monkeypatch.setattr(checkpoint, "physical_cores", lambda: None)
+    assert checkpoint.default_threads() == 16

@@ -184,6 +184,7 @@ def _png_with_declared_size(path: Path, width: int, height: int) -> Path:
                                                          "[0, 8]; a pad side never needs more than the model's "
                                                          "period 8 (see README, PadCFG)"),
     (["--seed", "-1"], f"gendr-pix: error: --seed=-1 is out of range: it must be in [0, {2**64 - 1}]"),
+    (["--threads", "0"], "gendr-pix: error: --threads=0 is out of range: it must be in [1, 4096]"),
 ])
 def test_numeric_flags_reject_nan_inf_and_range_naming_the_flag(tmp_path, model_file, capsys, flags, line):
     rc = main(["upscale", str(FIXTURES / "kodim23_crop96.png"), "-o", str(tmp_path / "x.png"), "--model", model_file,
@@ -229,3 +230,22 @@ def test_exif_orientation_is_honoured(tmp_path, model_file):
     out = tmp_path / "up.png"
     assert main(["upscale", str(src), "-o", str(out), "--model", model_file, "--scale", "2", "-q"]) == 0
     assert Image.open(out).size == (32, 64)
+
+
+def test_threads_flag_and_default(tmp_path, model_file, monkeypatch):
+    import torch
+
+    from gendr_core import checkpoint
+
+    before = torch.get_num_threads()
+    try:
+        assert main(["upscale", str(FIXTURES / "kodim23_crop96.png"), "-o", str(tmp_path / "a.png"),
+                     "--model", model_file, "-q", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+        monkeypatch.setattr(checkpoint, "default_threads", lambda: 6)
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two processes of one launch share the cores
+        assert main(["upscale", str(FIXTURES / "kodim23_crop96.png"), "-o", str(tmp_path / "b.png"),
+                     "--model", model_file, "-q"]) == 0
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)

@@ -49,7 +49,7 @@ def test_every_node_option_is_a_cli_flag_and_an_upscale_keyword(node_options):
 
 def test_every_cli_option_flag_is_a_node_input_or_a_cli_only_flag(node_options):
     node_names = {n for names in node_options.values() for n in names}
-    cli_only = {"--output", "--model", "--device", "--dtype", "--format", "--overwrite", "--skip-existing",
+    cli_only = {"--output", "--model", "--device", "--dtype", "--threads", "--format", "--overwrite", "--skip-existing",
                 "--quiet", "--color-fix",
                 "--help"}
     for flag in upscale_flags():
