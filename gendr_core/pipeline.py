@@ -63,12 +63,14 @@ def plan_tiles(
 
     ``speed_tile`` (None: :data:`CPU_SPEED_TILE` on a CPU, 0 elsewhere; 0 = memory alone): when
     the whole image fits but its longer side exceeds :data:`CPU_SPEED_TILE_ABOVE`, tiles of this
-    side are taken instead, because on a CPU they are faster. Measured in
-    ``bench/cpu_2026-12-03/`` (one run on a 2-core Xeon, gendr-pix-s, 512^2 -> 2048^2): whole image
-    6.3-7.8 s, 768-px tiles 5.3 s, 512-px tiles 7.8-8.4 s, 384-px tiles 10.2 s; at 1024^2 the
-    whole image (1.2 s) beats 512-px tiles (2.0 s). The coarsest level's self-attention grows with
-    the square of the token count, which large tiles bound, while small tiles pay for their
-    overlaps. On a GPU the whole image stays the choice.
+    side are taken instead, because on a CPU they are faster. Measured on a 2-core AMD EPYC (32 MiB
+    L3), gendr-pix-s, 512^2 -> 2048^2 (``bench/cpu_2026-12-04/``): fp32 whole image 5.84 s, tiles
+    of 512 / 768 / 1024 px 4.24 / 3.31 / 4.10 s; bf16 2.88 s whole, 3.67 / 2.76 / 2.98 s tiled; at
+    1024^2 the whole image beats 512-px tiles (1.2 vs 2.0 s fp32, ``bench/cpu_2026-12-03/``).
+    Our reading, not proven: the finest level's tensors ((H/4)(W/4) x 32 channels; 32 MiB each in
+    fp32 at 2048^2) fall out of the last-level cache, and halving them (bf16) almost closes the
+    gap to tiles; the coarsest level's self-attention also grows with the square of the token
+    count. Small tiles pay for their overlaps. On a GPU the whole image stays the choice.
     """
     m = model.pad_multiple
     budget = available_memory(model.device) if budget is None else budget
