@@ -2,17 +2,22 @@
 """Run the pack in a real ComfyUI server and write what happened to one JSON file.
 
 Not collected by pytest (it needs a ComfyUI checkout and a venv with its requirements; see
-``../shared/COMFYUI.md``). Each run goes through ``../shared/tools/comfy_e2e.py``, which
-starts a fresh server on 127.0.0.1 with ``--cpu``, queues the prompt through ``/prompt``,
-follows the websocket and reads ``/history``. This script
+``../shared/COMFYUI.md``). The workflow and tiling runs go through ``../shared/tools/comfy_e2e.py``,
+which starts a fresh server on 127.0.0.1 with ``--cpu``, queues the prompt through ``/prompt``,
+follows the websocket and reads ``/history``; the cancel and ``--timing`` runs use its
+``Server``, ``Http`` and ``WsListener`` directly and follow the websocket themselves. This script
 
 1. queues every shipped workflow, UI format (``workflows/*.json``) and API format
    (``workflows/api/*.json``), with a photo as the LoadImage input, and records status,
    time, progress updates per node and output sizes;
 2. measures cancel latency on the whole-image path: a 512x512 input through the PadCFG
-   sampler at scale 8 (512 -> 4096) with ``tiling`` off, interrupted a few seconds into the
-   pass; the latency is the time from ``POST /interrupt`` to the ``execution_interrupted``
-   event;
+   sampler at scale 8 (512 -> 4096) with ``tiling`` off, in a fresh server. Once the sampler's
+   ``executing`` event and at least one of its ``progress`` events have arrived and
+   ``--interrupt-after`` seconds have passed since the sampler started, it sends
+   ``POST /interrupt``; the latency is the time from sending that request to the arrival of
+   the ``execution_interrupted`` event (or of whatever event ended the prompt) on the
+   websocket. It also records the node named in that event and checks that no output image
+   was saved (neither in ``/history`` nor in the server's output folder);
 3. times the sampler at 2048x2048 output with ``tiling`` auto, off (whole image) and fixed
    512, so the auto choice can be compared with the faster of the two (one cold run each, a
    fresh server each: model load and first-call costs included);
@@ -43,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -221,6 +227,144 @@ def timed_prompt(e2e_mod, server, http, ws, prompt: dict, sampler_id: str, out_d
     return rec
 
 
+def cancel_run(args: argparse.Namespace, image: Path, tmp: Path) -> dict:
+    """The cancel run: 512 -> 4096 with tiling off in a fresh server, interrupted during the
+    sampler pass; the latency is measured here, from the websocket, not read from /history."""
+    e2e_mod = load_e2e()
+    run_dir = tmp / "cancel"
+    run_dir.mkdir()
+    out_dir = run_dir / "comfy_output"
+    prompt = sampler_prompt(8.0, "off")
+    sampler_id = next(k for k, v in prompt.items() if v["class_type"] == "GenDRPixPadCFGSampler")
+    res: dict = {"ok": False, "input": "512x512", "output": "4096x4096", "scale": 8.0, "tiling": "off",
+                 "interrupt_after_s": args.interrupt_after, "sampler_node": sampler_id,
+                 "loadavg_before": os.getloadavg(), "errors": []}
+    dest, mode, created = e2e_mod.install_pack(str(ROOT), args.comfy_dir, "ComfyUI-GenDR-Pix", False)
+    server = ws = None
+    try:
+        port = e2e_mod.free_port()
+        server = e2e_mod.Server(args.comfy_dir, args.python, port, str(run_dir), [])
+        http = e2e_mod.Http(port)
+        server.wait_ready(http, 300)
+        stats = http.get_json("/system_stats")
+        res["server"] = {k: stats.get("system", {}).get(k) for k in ("comfyui_version", "pytorch_version")}
+        res["errors"] += e2e_mod.pack_import_report(server.log_text(), dest, "ComfyUI-GenDR-Pix")["errors"]
+        up = http.upload_image(str(image))
+        for node in prompt.values():
+            if node["class_type"] == "LoadImage":
+                node["inputs"]["image"] = up["name"]
+        ws = e2e_mod.WsListener(port, "gendr-cancel-" + uuid.uuid4().hex[:8])
+        ws.start()
+        status, resp = http.post_json("/prompt", {"prompt": prompt, "client_id": ws.client_id})
+        if status != 200 or not isinstance(resp, dict) or "prompt_id" not in resp:
+            res["errors"].append(f"/prompt -> HTTP {status}: {str(resp)[:500]}")
+            return res
+        pid = resp["prompt_id"]
+        res["prompt_id"] = pid
+
+        def mine() -> list:
+            return [(t, et, d) for t, et, d in list(ws.events) if d.get("prompt_id") in (None, pid)]
+
+        def end_event():
+            return next(((t, et, d) for t, et, d in mine() if et in e2e_mod.TERMINAL_EVENTS), None)
+
+        # 1. wait for the sampler to run and report progress, and for --interrupt-after seconds into it
+        t_sampler = t_first_prog = None
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline and server.proc.poll() is None and end_event() is None:
+            evs = mine()
+            if t_sampler is None:
+                t_sampler = next((t for t, et, d in evs if et == "executing" and d.get("node") == sampler_id), None)
+            if t_sampler is not None and t_first_prog is None:
+                t_first_prog = next((t for t, et, d in evs if et == "progress" and t >= t_sampler
+                                     and str(d.get("node")) == sampler_id), None)
+            if t_first_prog is not None and time.monotonic() - (ws.t0 + t_sampler) >= args.interrupt_after:
+                break
+            with ws.cond:
+                ws.cond.wait(timeout=0.1)
+        early = end_event()
+        if early is not None or t_first_prog is None:
+            res["errors"].append(
+                f"the prompt ended ({early[1]}) before the interrupt" if early is not None else
+                "no progress event from the sampler (timeout or server exit)" if t_sampler is not None else
+                "the sampler never started executing (timeout or server exit)")
+            http.post_json("/interrupt", {})
+        else:
+            # 2. press interrupt (targeted at this prompt, as the UI's cancel does), then wait for the end
+            t_press = time.monotonic()
+            st_i, _ = http.post_json("/interrupt", {"prompt_id": pid})
+            t_ret = time.monotonic()
+            prog_before = [d for t, et, d in mine() if et == "progress" and str(d.get("node")) == sampler_id]
+            res["interrupt"] = {
+                "http_status": st_i, "post_s": round(t_ret - t_press, 3),
+                "sent_after_sampler_start_s": round(t_press - (ws.t0 + t_sampler), 3),
+                "first_progress_after_sampler_start_s": round(t_first_prog - t_sampler, 3),
+                "progress_before": len(prog_before),
+                "progress_at_press": f"{prog_before[-1].get('value')}/{prog_before[-1].get('max')}"
+                if prog_before else None}
+            end_by = time.monotonic() + 300
+            while time.monotonic() < end_by and server.proc.poll() is None and end_event() is None:
+                with ws.cond:
+                    ws.cond.wait(timeout=0.1)
+            got = end_event()
+            if got is None:
+                res["errors"].append("no end event on the websocket within 300 s of the interrupt")
+            else:
+                t_end, et_end, d_end = got
+                res["interrupt"].update({
+                    "end_event": et_end,
+                    "latency_s": round(ws.t0 + t_end - t_press, 3),
+                    "latency_from_post_return_s": round(ws.t0 + t_end - t_ret, 3),
+                    "node_id": d_end.get("node_id"), "node_type": d_end.get("node_type"),
+                    "executed_before": d_end.get("executed"),
+                    "progress_after_press": sum(1 for t, et, d in mine() if et == "progress"
+                                                and ws.t0 + t > t_press and str(d.get("node")) == sampler_id)})
+                if et_end != "execution_interrupted":
+                    res["errors"].append(f"the prompt ended with {et_end}, not execution_interrupted")
+                elif d_end.get("node_id") != sampler_id:
+                    res["errors"].append(f"interrupted in node {d_end.get('node_id')} ({d_end.get('node_type')}), "
+                                         f"not in the sampler {sampler_id}")
+        # 3. the history entry and the output folder: nothing may have been saved
+        entry, hist_by = None, time.monotonic() + 30
+        while time.monotonic() < hist_by and server.proc.poll() is None:
+            hist = http.get_json(f"/history/{pid}")
+            st = (hist.get(pid) or {}).get("status") or {}
+            if pid in hist and (st.get("status_str") in ("success", "error") or st.get("completed")):
+                entry = hist[pid]
+                break
+            time.sleep(0.5)
+        if entry is None:
+            res["errors"].append("no history entry for the prompt")
+        else:
+            res["status"] = (entry.get("status") or {}).get("status_str")
+        hist_images = [i.get("filename") for o in ((entry or {}).get("outputs") or {}).values()
+                       for i in o.get("images", [])]
+        files = sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*") if p.is_file()) \
+            if out_dir.is_dir() else []
+        res["saved_images"] = {"history": hist_images, "output_dir": files}
+        if hist_images or files:
+            res["errors"].append(f"an output was saved: {hist_images or files}")
+        evs = mine()
+        t0 = evs[0][0] if evs else 0.0
+        res["timeline"] = [[round(t - t0, 3), et, d.get("node") or d.get("node_id"),
+                            *([f"{d.get('value')}/{d.get('max')}"] if et == "progress" else [])]
+                           for t, et, d in evs if et in ("execution_start", "executing", "executed", "progress",
+                                                         *e2e_mod.TERMINAL_EVENTS)]
+    except Exception as e:  # noqa: BLE001 -- a failed cancel run is a result to record
+        res["errors"].append(f"{type(e).__name__}: {e}")
+    finally:
+        if ws is not None:
+            ws.close()
+        if server is not None:
+            server.stop()
+            res["server_log_tail"] = server.log_text().splitlines()[-8:]
+        if created:
+            e2e_mod.uninstall_pack(dest, mode)
+    res["loadavg_after"] = os.getloadavg()
+    res["ok"] = not res["errors"] and (res.get("interrupt") or {}).get("latency_s") is not None
+    return res
+
+
 def timing_matrix(args: argparse.Namespace, base_image: Path, tmp: Path) -> dict:
     """--timing: tiling auto/off x Loader dtype auto/fp32 at 512 -> 2048, in one server."""
     e2e_mod = load_e2e()
@@ -310,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "comfy_server_run.json")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per prompt")
     ap.add_argument("--interrupt-after", type=float, default=5.0,
-                    help="seconds into the 512->4096 pass at which the cancel run presses interrupt")
+                    help="seconds into the 512->4096 sampler pass (from its 'executing' event, and not before "
+                         "its first progress event) at which the cancel run presses interrupt")
     ap.add_argument("--skip", nargs="*", default=[], choices=["workflows", "cancel", "tiling"])
     ap.add_argument("--timing", action="store_true",
                     help="also time the sampler at 512->2048, tiling auto/off x Loader dtype auto/fp32, in one server")
@@ -336,11 +481,8 @@ def main(argv: list[str] | None = None) -> int:
                 runs[name] = brief(e2e(args, wf, images["small"], tmp / wf.stem))
             result["workflows"] = runs
         if "cancel" not in args.skip:
-            wf = tmp / "cancel_512_to_4096.json"
-            wf.write_text(json.dumps(sampler_prompt(8.0, "off")))
             print("cancel 512->4096 ...", file=sys.stderr, flush=True)
-            result["cancel_512_to_4096"] = brief(e2e(args, wf, images["big"], tmp / "cancel",
-                                                     "--interrupt-after", str(args.interrupt_after)))
+            result["cancel_512_to_4096"] = cancel_run(args, images["big"], tmp)
         if "tiling" not in args.skip:
             timing = {}
             for label, tiling in (("auto", "auto"), ("whole", "off"), ("tiles_512", "fixed")):
@@ -357,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp_json.replace(args.json)
     ok = all(r.get("ok") for r in result.get("workflows", {}).values())
     timing_ok = result.get("sampler_timing_512_to_2048", {}).get("ok", True)
+    cancel_ok = result.get("cancel_512_to_4096", {}).get("ok", True)
     shown = {k: v for k, v in result.items() if k != "workflows"}
     if "sampler_timing_512_to_2048" in shown:  # the summary only; every run is in the JSON
         shown["sampler_timing_512_to_2048"] = {k: v for k, v in shown["sampler_timing_512_to_2048"].items()
@@ -365,8 +508,8 @@ def main(argv: list[str] | None = None) -> int:
             k: {f: c[f] for f in ("sampler_s_warmup", "sampler_s", "sampler_s_mean", "loaded", "auto_tile")}
             for k, c in result["sampler_timing_512_to_2048"]["configs"].items()}
     print(json.dumps(shown, indent=1))
-    print(f"workflows ok: {ok}; timing ok: {timing_ok}; written {args.json}")
-    return 0 if ok and timing_ok else 1
+    print(f"workflows ok: {ok}; cancel ok: {cancel_ok}; timing ok: {timing_ok}; written {args.json}")
+    return 0 if ok and timing_ok and cancel_ok else 1
 
 
 if __name__ == "__main__":
