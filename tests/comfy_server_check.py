@@ -227,6 +227,19 @@ def timed_prompt(e2e_mod, server, http, ws, prompt: dict, sampler_id: str, out_d
     return rec
 
 
+def close_server(res: dict, e2e_mod, ws, server, created: bool, dest, mode) -> None:
+    """Shared end of the cancel and timing runs: close the websocket, stop the server (keeping its
+    log tail in ``res``), remove the pack link if this run made it, record the load average."""
+    if ws is not None:
+        ws.close()
+    if server is not None:
+        server.stop()
+        res["server_log_tail"] = server.log_text().splitlines()[-8:]
+    if created:
+        e2e_mod.uninstall_pack(dest, mode)
+    res["loadavg_after"] = os.getloadavg()
+
+
 def cancel_run(args: argparse.Namespace, image: Path, tmp: Path) -> dict:
     """The cancel run: 512 -> 4096 with tiling off in a fresh server, interrupted during the
     sampler pass; the latency is measured here, from the websocket, not read from /history."""
@@ -353,14 +366,7 @@ def cancel_run(args: argparse.Namespace, image: Path, tmp: Path) -> dict:
     except Exception as e:  # noqa: BLE001 -- a failed cancel run is a result to record
         res["errors"].append(f"{type(e).__name__}: {e}")
     finally:
-        if ws is not None:
-            ws.close()
-        if server is not None:
-            server.stop()
-            res["server_log_tail"] = server.log_text().splitlines()[-8:]
-        if created:
-            e2e_mod.uninstall_pack(dest, mode)
-    res["loadavg_after"] = os.getloadavg()
+        close_server(res, e2e_mod, ws, server, created, dest, mode)
     res["ok"] = not res["errors"] and (res.get("interrupt") or {}).get("latency_s") is not None
     return res
 
@@ -435,14 +441,7 @@ def timing_matrix(args: argparse.Namespace, base_image: Path, tmp: Path) -> dict
     except Exception as e:  # noqa: BLE001 -- a failed timing run is a result to record
         res["errors"].append(f"{type(e).__name__}: {e}")
     finally:
-        if ws is not None:
-            ws.close()
-        if server is not None:
-            server.stop()
-            res["server_log_tail"] = server.log_text().splitlines()[-8:]
-        if created:
-            e2e_mod.uninstall_pack(dest, mode)
-    res["loadavg_after"] = os.getloadavg()
+        close_server(res, e2e_mod, ws, server, created, dest, mode)
     res["ok"] = not res["errors"] and bool(res["configs"]) and all(c["ok"] for c in res["configs"].values())
     return res
 
