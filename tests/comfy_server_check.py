@@ -227,6 +227,17 @@ def timed_prompt(e2e_mod, server, http, ws, prompt: dict, sampler_id: str, out_d
     return rec
 
 
+def open_server(server, port: int, e2e_mod, dest, res: dict):
+    """Wait for a started server, record its ComfyUI/PyTorch versions and our pack's import errors
+    in ``res``; returns its Http client (the caller's ``finally`` stops the server)."""
+    http = e2e_mod.Http(port)
+    server.wait_ready(http, 300)
+    stats = http.get_json("/system_stats")
+    res["server"] = {k: stats.get("system", {}).get(k) for k in ("comfyui_version", "pytorch_version")}
+    res["errors"] += e2e_mod.pack_import_report(server.log_text(), dest, "ComfyUI-GenDR-Pix")["errors"]
+    return http
+
+
 def close_server(res: dict, e2e_mod, ws, server, created: bool, dest, mode) -> None:
     """Shared end of the cancel and timing runs: close the websocket, stop the server (keeping its
     log tail in ``res``), remove the pack link if this run made it, record the load average."""
@@ -257,11 +268,7 @@ def cancel_run(args: argparse.Namespace, image: Path, tmp: Path) -> dict:
     try:
         port = e2e_mod.free_port()
         server = e2e_mod.Server(args.comfy_dir, args.python, port, str(run_dir), [])
-        http = e2e_mod.Http(port)
-        server.wait_ready(http, 300)
-        stats = http.get_json("/system_stats")
-        res["server"] = {k: stats.get("system", {}).get(k) for k in ("comfyui_version", "pytorch_version")}
-        res["errors"] += e2e_mod.pack_import_report(server.log_text(), dest, "ComfyUI-GenDR-Pix")["errors"]
+        http = open_server(server, port, e2e_mod, dest, res)
         up = http.upload_image(str(image))
         for node in prompt.values():
             if node["class_type"] == "LoadImage":
@@ -385,12 +392,7 @@ def timing_matrix(args: argparse.Namespace, base_image: Path, tmp: Path) -> dict
     try:
         port = e2e_mod.free_port()
         server = e2e_mod.Server(args.comfy_dir, args.python, port, str(run_dir), [])
-        http = e2e_mod.Http(port)
-        server.wait_ready(http, 300)
-        stats = http.get_json("/system_stats")
-        res["server"] = {k: stats.get("system", {}).get(k) for k in ("comfyui_version", "pytorch_version")}
-        imp = e2e_mod.pack_import_report(server.log_text(), dest, "ComfyUI-GenDR-Pix")
-        res["errors"] += imp["errors"]
+        http = open_server(server, port, e2e_mod, dest, res)
         ws = e2e_mod.WsListener(port, "gendr-timing")
         ws.start()
         n = 0
