@@ -33,7 +33,7 @@ class GenDRPixLoader(io.ComfyNode):
                 io.Combo.Input("dtype", options=DTYPES, default="auto",
                                tooltip="Weight precision. auto picks the fastest for the device: bf16 on GPUs that "
                                        "support it, else fp16; on a CPU bf16 where it computes bf16 natively "
-                                       "(AVX512-BF16/AMX: ~1.9x faster, output within 0.01 dB), else fp32 (other "
+                                       "(AVX512-BF16/AMX: ~2x faster, output within 0.01 dB), else fp32 (other "
                                        "CPUs run fp16/bf16 many times slower). fp16/bf16 halve the memory."),
             ],
             outputs=[GenDRPixModel.Output("model", display_name="model",
