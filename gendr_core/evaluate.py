@@ -46,6 +46,7 @@ from .models.restorer import OneStepRestorer
 from .ops.guidance import ENSEMBLE_SIZES
 from .ops.padding import crop_to_multiple
 from .ops.resize import resize
+from .pipeline import RANDPAD_MAX, restore_grid
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class EvalRow:
     dists: float | None = None
     lpips: float | None = None
     source: str | None = None  # model file of the row (None for bicubic)
+    passes: int = 0  # RandPad self-ensemble passes (GenDR-Pix Eq. 6) of the model rows (0 = off)
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,11 @@ class EvalMethod:
     guidance: float | None = None
     ensemble: int = 1
     source: str | None = None
+    passes: int = 0
+
+    @property
+    def key(self) -> tuple[str, float | None, int]:
+        return self.name, self.guidance, self.passes
 
 
 @dataclass
@@ -124,15 +131,16 @@ def _dataset_name(folder: Path) -> str:
 # ----------------------------------------------------------------------------- methods
 
 
-def model_method(model: OneStepRestorer, guidance: float = 1.0, ensemble: int = 1, name: str = OURS) -> EvalMethod:
-    """Our one-step model on the bicubic grid (``restore_grid`` tiles by itself when memory is short)."""
-    from .pipeline import restore_grid
+def model_method(model: OneStepRestorer, guidance: float = 1.0, ensemble: int = 1, name: str = OURS,
+                 passes: int = 0) -> EvalMethod:
+    """Our one-step model on the bicubic grid (``restore_grid`` tiles by itself when memory is short);
+    ``passes`` > 0 averages that many RandPad passes (Eq. 6, seed 0; needs ``guidance`` 1)."""
 
     def run(lr: Tensor, grid: Tensor) -> Tensor:
-        out = restore_grid(grid.to(model.device), model, guidance=guidance, ensemble=ensemble)
+        out = restore_grid(grid.to(model.device), model, guidance=guidance, ensemble=ensemble, randpad=passes)
         return out.float().cpu().clamp(0, 1)
 
-    return EvalMethod(name, run, guidance, ensemble, getattr(model, "source_path", None))
+    return EvalMethod(name, run, guidance, ensemble, getattr(model, "source_path", None), passes)
 
 
 def _module_device(m: Any) -> torch.device:
@@ -325,9 +333,9 @@ def run_evaluation(
     methods = list(methods)
     if not any(m.name == BICUBIC for m in methods):
         methods.insert(0, EvalMethod(BICUBIC, _bicubic))
-    keys = [(m.name, m.guidance) for m in methods]
+    keys = [m.key for m in methods]
     if len(set(keys)) != len(keys):
-        raise GenDRPixError(f"two methods share a name and guidance: {keys}")
+        raise GenDRPixError(f"two methods share a name, guidance and passes: {keys}")
     warned: set[str] = set()
 
     def safe(metric: str, fn: Callable[[], float]) -> float | None:
@@ -350,11 +358,11 @@ def run_evaluation(
                 with torch.no_grad():
                     out = m.run(lr, grid).float().cpu().clamp(0, 1)
                 label = m.name if m.guidance is None or sum(k[0] == m.name for k in keys) == 1 else \
-                    f"{m.name} w={m.guidance:g}"
+                    f"{m.name} passes={m.passes}" if m.passes else f"{m.name} w={m.guidance:g}"
                 outputs[label] = out
                 rec: dict[str, Any] = {
                     "dataset": dataset, "image": name, "method": m.name, "guidance": m.guidance,
-                    "ensemble": m.ensemble,
+                    "ensemble": m.ensemble, "passes": m.passes,
                     "psnr_y": float(psnr_y(out, hr, crop_border=scale)),  # inf for a perfect output
                     "ssim_y": float(ssim_y(out, hr, crop_border=scale)),
                     "niqe": safe("NIQE", lambda o=out: niqe(o)) if with_niqe else None,
@@ -375,7 +383,7 @@ def run_evaluation(
     for ds in sorted(datasets) + ["all"]:
         for m in methods:
             recs = [r for r in images if (ds == "all" or r["dataset"] == ds)
-                    and (r["method"], r["guidance"]) == (m.name, m.guidance)]
+                    and (r["method"], r["guidance"], r["passes"]) == m.key]
             if not recs:
                 continue
             n = len(recs)
@@ -383,7 +391,7 @@ def run_evaluation(
                 ds, m.name, m.guidance, n, sum(r["psnr_y"] for r in recs) / n,
                 sum(r["ssim_y"] for r in recs) / n, _mean([r["niqe"] for r in recs]), m.ensemble,
                 _mean([r["grid"] for r in recs]), _mean([r.get("dists") for r in recs]),
-                _mean([r.get("lpips") for r in recs]), m.source))
+                _mean([r.get("lpips") for r in recs]), m.source, m.passes))
     return EvalResult(rows, images, sheet)
 
 
@@ -421,7 +429,8 @@ def format_table(rows: list[EvalRow]) -> str:
         return "n/a" if v is None else format(v, spec)
 
     for r in rows:
-        method = r.method if r.ensemble == 1 else f"{r.method} (x{r.ensemble} ens.)"
+        method = r.method + (f" (RandPad x{r.passes})" if r.passes else "") + \
+            (f" (x{r.ensemble} flips)" if r.ensemble != 1 else "")
         line = (f"| {r.dataset} | {method} | {'' if r.guidance is None else f'{r.guidance:g}'} | {r.images} | "
                 f"{r.psnr_y:.3f} | {r.ssim_y:.4f} | {fmt(r.niqe, '.3f')} | {fmt(r.grid, '.2f')} |")
         line += "".join(f" {fmt(getattr(r, k), '.4f')} |" for k, _ in extra)
@@ -446,8 +455,13 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="run --compare models in tiles of this many output px (0 = whole image; default 1024)")
     p.add_argument("--scale", type=int, default=4, help="degradation/upscale factor (default 4)")
     p.add_argument("--guidance", default="1.0", help="comma-separated PadCFG scales of our model, e.g. 1,1.4,1.8")
-    p.add_argument("--ensemble", type=int, default=1, choices=ENSEMBLE_SIZES,
-                   help="restore with the flip/transpose self-ensemble of 2, 4 or 8 passes (default 1 = off)")
+    p.add_argument("--flips", type=int, default=None, choices=ENSEMBLE_SIZES,
+                   help="restore with the flip/transpose self-ensemble of 2, 4 or 8 runs (default 1 = off), "
+                        "as 'gendr-pix upscale --flips'")
+    p.add_argument("--ensemble", type=int, default=None, choices=ENSEMBLE_SIZES, help="deprecated: use --flips")
+    p.add_argument("--passes", default="0", metavar="N[,N...]",
+                   help="also score our model with the RandPad self-ensemble (GenDR-Pix Eq. 6, seed 0, guidance 1) "
+                        "of N passes, one row per N (default 0 = none), as 'gendr-pix upscale --passes'")
     p.add_argument("--no-niqe", action="store_true", help="skip NIQE")
     p.add_argument("--grid-period", type=int, default=8, help="period in px of the grid-artifact score (default 8)")
     p.add_argument("--vgg16", default=None, metavar="FILE",
@@ -506,6 +520,17 @@ def run_eval_command(args: argparse.Namespace) -> int:
         guidances = tuple(float(g) for g in args.guidance.split(","))
     except ValueError:
         raise ValueError(f"--guidance must be comma-separated numbers, got {args.guidance!r}") from None
+    if args.ensemble is not None:
+        if args.flips is not None:
+            raise ValueError("give --flips or the deprecated --ensemble, not both")
+        sys.stderr.write("gendr-pix: warning: --ensemble is deprecated; use --flips\n")
+    flips = args.flips or args.ensemble or 1
+    try:
+        passes = sorted({int(n) for n in str(args.passes).split(",")} - {0})
+    except ValueError:
+        passes = [-1]
+    if any(not 1 <= n <= RANDPAD_MAX for n in passes):
+        raise ValueError(f"--passes must be comma-separated whole numbers in 0..{RANDPAD_MAX}, got {args.passes!r}")
     folders = [Path(d) for d in args.data]
     for f in folders:
         if not f.is_dir():
@@ -524,7 +549,8 @@ def run_eval_command(args: argparse.Namespace) -> int:
     names = {BICUBIC, OURS}
     methods = [EvalMethod(BICUBIC, _bicubic)]
     methods += [_load_compare(p, args.device, args.scale, args.compare_tile, names) for p in compare_files]
-    methods += [model_method(model, g, args.ensemble) for g in guidances]
+    methods += [model_method(model, g, flips) for g in guidances]
+    methods += [model_method(model, 1.0, flips, passes=n) for n in passes]
     dists = lpips = None
     if vgg is not None:
         from .losses import DISTS
@@ -547,7 +573,8 @@ def run_eval_command(args: argparse.Namespace) -> int:
         payload = {"model": getattr(model, "source_path", None), "scale": args.scale,
                    "dtype": str(model.dtype).replace("torch.", ""),
                    "protocol": "fixed_eval_degradation, seed = image index; PSNR/SSIM on Y, border = scale",
-                   "methods": [{"name": m.name, "guidance": m.guidance, "ensemble": m.ensemble, "source": m.source}
+                   "methods": [{"name": m.name, "guidance": m.guidance, "ensemble": m.ensemble, "passes": m.passes,
+                                "source": m.source}
                                for m in methods],
                    "grid_period": args.grid_period,
                    "rows": [asdict(r) for r in result.rows], "images": result.images}

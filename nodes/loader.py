@@ -31,8 +31,8 @@ class GenDRPixLoader(io.ComfyNode):
                                        "set in extra_model_paths.yaml). A file with a learned FixMod carries it "
                                        "along for the FixMod option of the other nodes."),
                 io.Combo.Input("dtype", options=DTYPES, default="auto",
-                               tooltip="Weight precision. auto picks the fastest for the device: bf16 on GPUs that "
-                                       "support it, else fp16; on a CPU bf16 where it computes bf16 natively "
+                               tooltip="Weight precision. auto picks the fastest for the device: bf16 on CUDA GPUs "
+                                       "that support it, else fp16; on a CPU bf16 where it computes bf16 natively "
                                        "(AVX512-BF16/AMX: ~2x faster, output within 0.01 dB), else fp32 (other "
                                        "CPUs run fp16/bf16 many times slower). fp16/bf16 halve the memory."),
             ],

@@ -30,8 +30,8 @@ class GenDRPixRandPad(io.ComfyNode):
             display_name="GenDR-Pix RandPad Ensemble",
             category=CATEGORY,
             description="Restores like the sampler (guidance 1) but averages n passes, each with a random pad offset "
-                        "of the 8x8 shuffle grid (GenDR-Pix Eq. 6). Smoother, fewer grid artifacts; n times the "
-                        "compute. Seeded: the same seed gives the same result.",
+                        "in 0..7 of the pixel-shuffle grid (GenDR-Pix Eq. 6): fewer grid artifacts but softer "
+                        "detail; n times the compute. Seeded: the same seed gives the same result.",
             inputs=[
                 io.Image.Input("image", tooltip="Low-quality input image(s), as for the PadCFG sampler."),
                 GenDRPixModel.Input("model", tooltip="Model from 'GenDR-Pix Model Loader'."),

@@ -73,7 +73,8 @@ class GenDRPixPadCFGSampler(io.ComfyNode):
                                         "for the model's own (4,4,4,4 for GenDR-Pix)."),
                 io.String.Input("negative_pad", default="auto",
                                 tooltip="Pad of the negative branch, 'left,right,top,bottom', or 'auto' for the "
-                                        "model's own (3,5,3,5: shifted by one pixel of the 8x8 shuffle phase)."),
+                                        "model's own (3,5,3,5 for GenDR-Pix: one pixel off the positive pad's "
+                                        "shuffle phase)."),
                 io.Combo.Input("branch_mode", options=["batched", "sequential"], default="batched",
                                tooltip="With guidance != 1: 'batched' runs both branches in one forward pass "
                                        "(faster), 'sequential' one after the other (half the activation memory)."),
@@ -81,8 +82,9 @@ class GenDRPixPadCFGSampler(io.ComfyNode):
                 fixmod_input(),
                 io.Conditioning.Input("positive", optional=True,
                                       tooltip="Optional text conditioning replacing the model's built-in positive "
-                                              "embedding (needs a matching text encoder, e.g. SD2.1's CLIP-H "
-                                              "for a 1024-dim model)."),
+                                              "embedding. Its width must match the model's (1024 = SD2.1's "
+                                              "CLIP-H for an SD2.1-size model; the shipped gendr-pix-s models "
+                                              "are 64 wide and have no text encoder: leave it empty for them)."),
                 io.Conditioning.Input("negative", optional=True,
                                       tooltip="Optional text conditioning replacing the model's built-in negative "
                                               "embedding (used only when guidance != 1)."),

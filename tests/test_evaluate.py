@@ -18,6 +18,7 @@ from gendr_core.evaluate import (
     degraded_pairs,
     evaluate,
     format_table,
+    model_method,
     restore_lq_tiled,
     run_evaluation,
     sheet_cells,
@@ -89,7 +90,56 @@ def test_ensemble_rows_are_labelled_and_exact_for_an_equivariant_model(identity)
     bic, ens = by[("all", "bicubic")], by[("all", "gendr-pix")]
     assert (bic.ensemble, ens.ensemble) == (1, 8)
     assert abs(bic.psnr_y - ens.psnr_y) < 1e-4  # flips of an identity model change nothing
-    assert "| all | gendr-pix (x8 ens.) | 1 |" in format_table(rows)
+    assert "| all | gendr-pix (x8 flips) | 1 |" in format_table(rows)
+
+
+def test_randpad_rows_are_keyed_by_passes_and_exact_for_an_identity_model(identity):
+    methods = [model_method(identity, 1.0), model_method(identity, 1.0, passes=3)]
+    result = run_evaluation(methods, [FIXTURES], 4, with_niqe=False, sheet_images=1, sheet_crop=16)
+    by = {(r.method, r.passes): r for r in result.rows if r.dataset == "all"}
+    assert set(by) == {("bicubic", 0), ("gendr-pix", 0), ("gendr-pix", 3)}
+    assert abs(by[("gendr-pix", 3)].psnr_y - by[("bicubic", 0)].psnr_y) < 1e-4  # pads of an identity change nothing
+    assert sorted(r["passes"] for r in result.images if r["image"] == result.images[0]["image"]) == [0, 0, 3]
+    assert "| all | gendr-pix (RandPad x3) | 1 |" in format_table(result.rows)
+    assert list(result.sheet[0].cells) == ["LQ", "bicubic", "gendr-pix w=1", "gendr-pix passes=3", "HQ"]
+
+
+def test_cli_eval_passes_and_flips_rows(tmp_path, model_file, capsys):
+    from gendr_core.cli import main
+
+    out = tmp_path / "eval.json"
+    rc = main(["eval", "--data", str(FIXTURES), "--model", str(model_file), "--max-images", "1", "--device", "cpu",
+               "--no-niqe", "--passes", "0,2", "--flips", "2", "--json", str(out)])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    assert [(m["name"], m["guidance"], m["passes"], m["ensemble"]) for m in data["methods"]] == [
+        ("bicubic", None, 0, 1), ("gendr-pix", 1.0, 0, 2), ("gendr-pix", 1.0, 2, 2)]
+    assert {(r["method"], r["passes"]) for r in data["rows"] if r["dataset"] == "all"} == {
+        ("bicubic", 0), ("gendr-pix", 0), ("gendr-pix", 2)}
+    assert "gendr-pix (RandPad x2) (x2 flips)" in capsys.readouterr().out
+
+
+def test_cli_eval_old_ensemble_flag_warns_and_maps_to_flips(tmp_path, model_file, capsys):
+    from gendr_core.cli import main
+
+    args = ["eval", "--data", str(FIXTURES), "--model", str(model_file), "--max-images", "1", "--device", "cpu",
+            "--no-niqe", "--json"]
+    assert main([*args, str(tmp_path / "old.json"), "--ensemble", "2"]) == 0
+    assert "--ensemble is deprecated; use --flips" in capsys.readouterr().err
+    assert main([*args, str(tmp_path / "new.json"), "--flips", "2"]) == 0
+    old, new = (json.loads((tmp_path / f).read_text()) for f in ("old.json", "new.json"))
+    assert old["rows"] == new["rows"] and old["methods"][1]["ensemble"] == 2
+    assert main([*args, str(tmp_path / "both.json"), "--flips", "2", "--ensemble", "2"]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", ["65", "-1", "two"])
+def test_cli_eval_bad_passes_is_one_line_and_exit_2(model_file, capsys, bad):
+    from gendr_core.cli import main
+
+    rc = main(["eval", "--data", str(FIXTURES), "--model", str(model_file), "--device", "cpu", "--passes", bad])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "--passes" in err and bad in err
 
 
 def test_compared_models_scored_in_the_same_run(identity):

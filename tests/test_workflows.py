@@ -162,6 +162,25 @@ def test_workflow_is_valid_for_our_schemas(path, ours):
     assert loaders and all(n["widgets_values"][0] in SHIPPED_MODELS for n in loaders)
 
 
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_note_names_what_the_workflow_does(path):
+    """The Note is the first thing an artist reads: the model it calls the default is the one its
+    loader uses, and the benchmark note names the CPU measurement the Benchmark node makes
+    (bench.run_loaded with memory="rss": the process's peak resident set, not an estimate)."""
+    from gendr_core.checkpoint import SHIPPED_MODELS
+
+    nodes = load(path)["nodes"]
+    (note,) = [n["widgets_values"][0] for n in nodes if n["type"] == "Note"]
+    loaded = {n["widgets_values"][0] for n in nodes if n["type"] == "GenDRPixLoader"}
+    for name in SHIPPED_MODELS:
+        if f"default '{name}'" in note or f"'{name}' is the model" in note:
+            assert name in loaded, f"{path.name}: the note presents {name!r}, the loader uses {sorted(loaded)}"
+    assert "8x8 shuffle grid" not in note  # the shipped models unshuffle by 4; RandPad offsets are 0..7
+    assert "Cancel stops after the current tile" not in note  # cancel acts inside the pass
+    if any(n["type"] == "GenDRPixBenchmark" for n in nodes):
+        assert "resident" in note and "activation estimate on CPU" not in note
+
+
 def test_checker_catches_bad_values(ours, tmp_path):
     wf = load(comfy_stub.REPO / "workflows" / "gendr_pix_guidance_comparison.json")
     sampler = next(n for n in wf["nodes"] if n["type"] == "GenDRPixPadCFGSampler")
