@@ -106,8 +106,17 @@ class EvalResult:
     sheet: list[SheetRow] = field(default_factory=list)
 
 
+def hr_folder(folder: Path) -> Path:
+    """``folder/HR`` when ``folder`` is a dataset root holding one (the Set5/Set14 layout, ``HR/`` beside
+    ``LR_x4/``): the low-resolution copies must not be scored as ground truth. Else ``folder``."""
+    hr = Path(folder) / "HR"
+    return hr if hr.is_dir() else Path(folder)
+
+
 def hr_files(folder: Path, max_images: int | None = None) -> list[Path]:
-    """The sorted image files of ``folder`` (recursive), the first ``max_images`` if given."""
+    """The sorted image files of ``folder`` (recursive; only its ``HR/`` subfolder when it has one, see
+    :func:`hr_folder`), the first ``max_images`` if given."""
+    folder = hr_folder(folder)
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise FileNotFoundError(f"no images found in {folder}")
@@ -125,6 +134,7 @@ def degraded_pairs(folder: Path, scale: int, max_images: int | None = None):
 
 
 def _dataset_name(folder: Path) -> str:
+    folder = hr_folder(folder)
     return folder.name if folder.name != "HR" else folder.parent.name
 
 
@@ -530,7 +540,8 @@ def run_eval_command(args: argparse.Namespace) -> int:
     except ValueError:
         passes = [-1]
     if any(not 1 <= n <= RANDPAD_MAX for n in passes):
-        raise ValueError(f"--passes must be comma-separated whole numbers in 0..{RANDPAD_MAX}, got {args.passes!r}")
+        raise ValueError(f"--passes must be comma-separated whole numbers in 0..{RANDPAD_MAX}, "
+                         f"got {args.passes!r}")
     folders = [Path(d) for d in args.data]
     for f in folders:
         if not f.is_dir():

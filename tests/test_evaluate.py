@@ -18,6 +18,7 @@ from gendr_core.evaluate import (
     degraded_pairs,
     evaluate,
     format_table,
+    hr_files,
     model_method,
     restore_lq_tiled,
     run_evaluation,
@@ -91,6 +92,22 @@ def test_ensemble_rows_are_labelled_and_exact_for_an_equivariant_model(identity)
     assert (bic.ensemble, ens.ensemble) == (1, 8)
     assert abs(bic.psnr_y - ens.psnr_y) < 1e-4  # flips of an identity model change nothing
     assert "| all | gendr-pix (x8 flips) | 1 |" in format_table(rows)
+
+
+def test_dataset_root_with_hr_subfolder_scores_only_hr(tmp_path, identity):
+    import shutil
+
+    root = tmp_path / "Set2"
+    for sub in ("HR", "LR_x4"):
+        (root / sub).mkdir(parents=True)
+    hr_imgs = sorted(FIXTURES.glob("*.png"))[:2]
+    for f in hr_imgs:
+        shutil.copy(f, root / "HR" / f.name)
+        shutil.copy(f, root / "LR_x4" / ("lr_" + f.name))
+    assert [p.name for p in hr_files(root)] == [f.name for f in hr_imgs]
+    rows = evaluate(identity, [root], scale=4, with_niqe=False)
+    assert {(r.dataset, r.images) for r in rows if r.method == "bicubic"} == {("Set2", 2), ("all", 2)}
+    assert [p.name for p in hr_files(FIXTURES)] == sorted(p.name for p in FIXTURES.glob("*.png"))  # no HR/: as is
 
 
 def test_randpad_rows_are_keyed_by_passes_and_exact_for_an_identity_model(identity):
