@@ -5,8 +5,8 @@ checks the Cancel button. ComfyUI's own progress hook already raises on Cancel; 
 check keeps long loops interruptible when no hook is installed (e.g. a headless runner).
 gendr_core reports after every UNet block of every pass (``gendr_core.progress``), so the
 bar moves during a single whole-image pass; the nodes also pass ComfyUI's interrupt check as
-``interrupt=``, which gendr_core calls after every convolution inside the pass, so Cancel
-stops a run within one convolution.
+``interrupt=``, which gendr_core calls after every convolution and between query slices of
+large self-attentions inside the pass, so Cancel stops a run within one such step.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from gendr_core.config import tiny_gendr_pix_config
 from gendr_core.errors import ConfigError
 from gendr_core.models import build_model
 from gendr_core.models.unet import (
+    InterruptibleAttention,
     WindowedSelfAttention,
     attention_processors,
     blocks_by_level,
@@ -18,7 +19,7 @@ from gendr_core.models.unet import (
     set_window_attention,
     transformer_blocks,
 )
-from gendr_core.ops.attention import chunked_apply, window_bands, windowed_sdpa
+from gendr_core.ops.attention import chunked_apply, query_chunked_sdpa, window_bands, windowed_sdpa
 from gendr_core.ops.guidance import pad_cfg
 from gendr_core.pipeline import SpeedOptions, apply_speed_options, check_options, restore_grid
 
@@ -86,6 +87,21 @@ def test_windowed_sdpa_is_full_attention_when_the_window_covers_the_grid_and_per
         windowed_sdpa(q, k, v, (5, 5), 4)
 
 
+def test_query_chunked_sdpa_is_full_attention_with_a_call_between_slices():
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, n, 5, generator=gen) for n in (50, 40, 40))
+    full = F.scaled_dot_product_attention(q, k, v)
+    calls = []
+    got = query_chunked_sdpa(q, k, v, max_pairs=12 * 40 + 7, between=lambda: calls.append(1))  # 12 queries a slice
+    torch.testing.assert_close(got, full, rtol=0, atol=1e-6)
+    assert len(calls) == 4  # slices 12, 12, 12, 12, 2: a call between each pair
+    calls.clear()
+    assert torch.equal(query_chunked_sdpa(q, k, v, 50 * 40, lambda: calls.append(1)), full) and not calls
+    assert query_chunked_sdpa(q, k, v, 1).shape == full.shape  # at least one query per slice
+    with pytest.raises(ValueError, match="max_pairs=0"):
+        query_chunked_sdpa(q, k, v, 0)
+
+
 def test_chunked_apply_splits_the_token_axis_unevenly():
     x = torch.arange(2 * 10 * 3, dtype=torch.float32).reshape(2, 10, 3)
     sizes = []
@@ -132,6 +148,56 @@ def test_window_attention_covering_the_grid_equals_full_attention(pix):
     assert list(pix.state_dict()) == keys
     with pytest.raises(ConfigError, match="attention_window=-1"):
         set_window_attention(pix.unet, -1)
+
+
+def test_interruptible_attention_checks_between_query_slices_and_equals_full_attention(pix):
+    from gendr_core.progress import pass_events
+
+    x = _image()
+    ref = _predict(pix, x)
+    before = [a.processor for a in pix.unet.modules() if type(a).__name__ == "Attention"]
+    calls = []
+    with pass_events(pix, check=lambda: calls.append(1)):
+        assert attention_processors(pix.unet) == {"InterruptibleAttention": 8}
+        plain = _predict(pix, x)  # level-1 grid 24x16 = 384 tokens: 384^2 pairs, above no threshold
+        n_plain = len(calls)
+        for a in pix.unet.modules():
+            if isinstance(getattr(a, "processor", None), InterruptibleAttention):
+                a.processor.max_pairs = 384 * 100  # 100 queries a slice where the grid has 384 tokens
+        sliced = _predict(pix, x)
+    assert torch.equal(plain, ref)  # below the threshold the inner processor runs as is
+    torch.testing.assert_close(sliced, ref, rtol=0, atol=1e-5)
+    # 3 level-1 self-attentions x 3 extra calls (4 slices of <= 100 queries); cross-attention is not sliced
+    assert len(calls) - 2 * n_plain == 3 * 3
+    after = [a.processor for a in pix.unet.modules() if type(a).__name__ == "Attention"]
+    assert all(p is q for p, q in zip(before, after, strict=True))  # the same processor objects are back
+    assert attention_processors(pix.unet) == {"AttnProcessor2_0": 8}
+
+
+def test_a_cancel_between_attention_slices_stops_the_attention(pix):
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from gendr_core.progress import pass_events
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def check():
+        seen.append(1)
+        if len(seen) == 2:
+            raise Stop
+
+    attn = transformer_blocks(pix.unet, (1,))[0].attn1
+    hidden = torch.randn(1, 384, attn.to_q.in_features)
+    with pytest.raises(Stop):  # no hooks here: only the slices call check()
+        InterruptibleAttention(AttnProcessor2_0(), check, max_pairs=384 * 100)(attn, hidden)
+    assert len(seen) == 2  # stopped after the second of four slices
+    other = lambda attn, h, *a, **k: "inner"  # noqa: E731 - e.g. WindowedSelfAttention: never sliced
+    assert InterruptibleAttention(other, check, max_pairs=1)(attn, hidden) == "inner" and len(seen) == 2
+    with pass_events(pix, check=None):
+        assert attention_processors(pix.unet) == {"AttnProcessor2_0": 8}  # nothing wrapped without a check
 
 
 def test_window_attention_macs_drop_by_the_hand_count(pix):

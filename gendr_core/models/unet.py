@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ..config import UNetConfig, VAEConfig
 from ..errors import ConfigError
-from ..ops.attention import chunked_apply, windowed_sdpa
+from ..ops.attention import chunked_apply, query_chunked_sdpa, windowed_sdpa
 
 if TYPE_CHECKING:  # diffusers is imported lazily: it costs seconds at import time
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -146,16 +146,53 @@ class WindowedSelfAttention:
             raise ConfigError("windowed attention handles unmasked self-attention on (B, N, C) tokens only")
         if self.grid is None:
             raise ConfigError("windowed attention: no token grid recorded; install it with set_window_attention")
-        b, n, _ = hidden_states.shape
-        q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
-        d = k.shape[-1] // attn.heads
-        q, k, v = (t.view(b, -1, attn.heads, d).transpose(1, 2) for t in (q, k, v))  # (B,N,C) -> (B,heads,N,d)
-        out = windowed_sdpa(q, k, v, self.grid, self.window)
-        out = out.transpose(1, 2).reshape(b, n, attn.heads * d).to(q.dtype)  # (B,heads,N,d) -> (B,N,C)
-        out = attn.to_out[1](attn.to_out[0](out))
-        if attn.residual_connection:
-            out = out + hidden_states
-        return out / attn.rescale_output_factor
+        grid, window = self.grid, self.window
+        return self_attention(attn, hidden_states, lambda q, k, v: windowed_sdpa(q, k, v, grid, window))
+
+
+def self_attention(attn: nn.Module, hidden_states: Tensor, core: Any) -> Tensor:
+    """Unmasked self-attention of a diffusers ``Attention`` module on (B, N, C) tokens, with the
+    module's own projections applied as diffusers' SDPA processor applies them and
+    ``core(q, k, v)`` on (B, heads, N, d) in place of ``F.scaled_dot_product_attention``."""
+    b, n, _ = hidden_states.shape
+    q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+    d = k.shape[-1] // attn.heads
+    q, k, v = (t.view(b, -1, attn.heads, d).transpose(1, 2) for t in (q, k, v))  # (B,N,C) -> (B,heads,N,d)
+    out = core(q, k, v)
+    out = out.transpose(1, 2).reshape(b, n, attn.heads * d).to(q.dtype)  # (B,heads,N,d) -> (B,N,C)
+    out = attn.to_out[1](attn.to_out[0](out))
+    if attn.residual_connection:
+        out = out + hidden_states
+    return out / attn.rescale_output_factor
+
+
+# Query x key pairs per head of one attention slice between two cancel checks. On a 2-core CPU
+# the full 16384-token self-attention of a 4096^2 output (gendr-pix-s, coarsest level) is one
+# ~0.9 s step; in slices of 2^25 pairs (2048 queries there) a check comes every ~0.12 s.
+INTERRUPT_ATTENTION_PAIRS = 2**25
+
+
+class InterruptibleAttention:
+    """A pass-long wrapper of an attention module's processor (:func:`gendr_core.progress.pass_events`):
+    self-attention over more than ``max_pairs`` query x key pairs runs as
+    :func:`~gendr_core.ops.attention.query_chunked_sdpa`, calling ``check()`` (which may raise to
+    cancel) between query slices; everything else (cross-attention, masks, group/spatial/q-k norms,
+    small grids, other processors such as :class:`WindowedSelfAttention`) goes to ``inner`` unchanged."""
+
+    def __init__(self, inner: Any, check: Any, max_pairs: int = INTERRUPT_ATTENTION_PAIRS) -> None:
+        self.inner, self.check, self.max_pairs = inner, check, max_pairs
+
+    def __call__(self, attn: nn.Module, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None,
+                 attention_mask: Tensor | None = None, temb: Tensor | None = None, *args: Any, **kwargs: Any) -> Tensor:
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        plain = (type(self.inner) is AttnProcessor2_0 and encoder_hidden_states is None and attention_mask is None
+                 and hidden_states.ndim == 3 and attn.group_norm is None and attn.spatial_norm is None
+                 and attn.norm_q is None and attn.norm_k is None and not args and not kwargs)
+        if not plain or hidden_states.shape[1] ** 2 <= self.max_pairs:
+            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        return self_attention(attn, hidden_states,
+                              lambda q, k, v: query_chunked_sdpa(q, k, v, self.max_pairs, self.check))
 
 
 def _record_grid(processors: list[WindowedSelfAttention], module: nn.Module, args: tuple, kwargs: dict) -> None:

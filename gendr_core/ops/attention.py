@@ -8,6 +8,8 @@ Pure tensor functions; :mod:`gendr_core.models.unet` installs them into a diffus
 * :func:`windowed_sdpa` is self-attention restricted to non-overlapping windows of the token
   grid, each run through ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels
   on GPUs). A window that covers the grid is plain full attention.
+* :func:`query_chunked_sdpa` is full attention computed for slices of the queries, with a
+  callback between slices (ComfyUI's cancel check inside one long attention step).
 """
 
 from __future__ import annotations
@@ -84,3 +86,24 @@ def windowed_sdpa(q: Tensor, k: Tensor, v: Tensor, grid: tuple[int, int], window
             o = o.reshape(b, nh, nw, heads, hs, ws, o.shape[-1]).permute(0, 3, 1, 4, 2, 5, 6)
             out[:, :, r0:r1, c0:c1] = o.reshape(b, heads, nh * hs, nw * ws, o.shape[-1])
     return out.reshape(b, heads, n, out.shape[-1])
+
+
+def query_chunked_sdpa(q: Tensor, k: Tensor, v: Tensor, max_pairs: int,
+                       between: Callable[[], None] | None = None) -> Tensor:
+    """``F.scaled_dot_product_attention(q, k, v)`` on (B, heads, N, d), computed for slices of the
+    query axis of at most ``max_pairs // N_keys`` queries (at least one), calling ``between()``
+    after every slice but the last. Each query's softmax runs over all keys, so the result is full
+    attention (equal up to the kernel's summation order); one slice when ``N * N_keys <= max_pairs``.
+    """
+    if max_pairs < 1:
+        raise ValueError(f"max_pairs={max_pairs} must be >= 1")
+    n, n_keys = q.shape[-2], k.shape[-2]
+    chunk = max(1, max_pairs // n_keys)
+    if n <= chunk:
+        return F.scaled_dot_product_attention(q, k, v)
+    outs = []
+    for i, qs in enumerate(q.split(chunk, dim=-2)):
+        if i and between is not None:
+            between()
+        outs.append(F.scaled_dot_product_attention(qs, k, v))
+    return torch.cat(outs, dim=-2)
