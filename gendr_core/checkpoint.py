@@ -233,7 +233,7 @@ def default_dtype(device: torch.device) -> torch.dtype:
     * GPU: bf16 where supported (SD2.x attention is unstable in fp16), else fp16.
     * CPU with native bf16 (:func:`cpu_has_native_bf16`): bf16. On this project's 2-core
       AVX512-BF16 machines it is 2.05x faster than fp32 at 256^2 -> 1024^2 and changes PSNR-Y on the
-      43-image dev set by -0.002 dB (gendr-pix-s) and +0.004 dB (gendr-pix-s-detail v4; v2: < 0.001),
+      43-image dev set by -0.002 dB (gendr-pix-s) and +0.001 dB (gendr-pix-s-detail v7; v4: +0.004),
       far inside the 0.05 dB allowed (``bench/cpu_2026-12-04/``).
     * Any other CPU: fp32 (fp16 and emulated bf16 run many times slower there).
     """
