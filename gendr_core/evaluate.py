@@ -535,13 +535,13 @@ def run_eval_command(args: argparse.Namespace) -> int:
             raise ValueError("give --flips or the deprecated --ensemble, not both")
         sys.stderr.write("gendr-pix: warning: --ensemble is deprecated; use --flips\n")
     flips = args.flips or args.ensemble or 1
+    bad_passes = ValueError(f"--passes must be comma-separated whole numbers in 0..{RANDPAD_MAX}, got {args.passes!r}")
     try:
         passes = sorted({int(n) for n in str(args.passes).split(",")} - {0})
     except ValueError:
-        passes = [-1]
+        raise bad_passes from None
     if any(not 1 <= n <= RANDPAD_MAX for n in passes):
-        raise ValueError(f"--passes must be comma-separated whole numbers in 0..{RANDPAD_MAX}, "
-                         f"got {args.passes!r}")
+        raise bad_passes
     folders = [Path(d) for d in args.data]
     for f in folders:
         if not f.is_dir():

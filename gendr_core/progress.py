@@ -10,7 +10,7 @@ or branch loop can report or stop. :func:`pass_events` attaches, for the duratio
   may raise to cancel (ComfyUI's interrupt check);
 * it wraps each attention module's processor in
   :class:`~gendr_core.models.unet.InterruptibleAttention`, so that a self-attention over a large
-  token grid (the coarsest level of a 4K pass: one ~0.9 s step on a 2-core CPU) also calls
+  token grid (the coarsest level of a 4K pass, one of the longest steps on a CPU) also calls
   ``check()`` between slices of its queries. Cancel then waits for at most one convolution or
   one attention slice.
 
@@ -26,7 +26,7 @@ from contextlib import contextmanager
 
 from torch import nn
 
-from .models.unet import InterruptibleAttention
+from .models.unet import InterruptibleAttention, _of_type
 
 
 def unet_blocks(model: nn.Module) -> list[nn.Module]:
@@ -43,12 +43,6 @@ def unet_blocks(model: nn.Module) -> list[nn.Module]:
 def blocks_per_pass(model: nn.Module) -> int:
     """Progress units of one forward pass: its UNet blocks (1 for a model without a UNet)."""
     return max(1, len(unet_blocks(model)))
-
-
-def _attention_modules(model: nn.Module) -> list[nn.Module]:
-    unet = getattr(model, "unet", None)
-    mods = [] if unet is None else unet.modules()
-    return [m for m in mods if type(m).__name__ == "Attention" and hasattr(m, "set_processor")]
 
 
 def _check_points(model: nn.Module) -> list[nn.Module]:
@@ -73,7 +67,8 @@ def pass_events(model: nn.Module, on_block: Callable[[], None] | None = None,
         if check is not None:
             for mod in _check_points(model):
                 handles.append(mod.register_forward_hook(lambda m, a, o: check()))
-            for attn in _attention_modules(model):
+            unet = getattr(model, "unet", None)
+            for attn in [] if unet is None else _of_type(unet, "Attention"):
                 wrapped.append((attn, attn.processor))
                 attn.set_processor(InterruptibleAttention(attn.processor, check))
         yield blocks_per_pass(model)

@@ -166,9 +166,9 @@ def self_attention(attn: nn.Module, hidden_states: Tensor, core: Any) -> Tensor:
     return out / attn.rescale_output_factor
 
 
-# Query x key pairs per head of one attention slice between two cancel checks. On a 2-core CPU
-# the full 16384-token self-attention of a 4096^2 output (gendr-pix-s, coarsest level) is one
-# ~0.9 s step; in slices of 2^25 pairs (2048 queries there) a check comes every ~0.12 s.
+# Query x key pairs per head of one attention slice between two cancel checks: the 16384-token
+# self-attention of a 4096^2 output (gendr-pix-s, coarsest level) runs as 8 slices of 2048
+# queries. Cancel latencies measured with it: bench/comfy_2026-12-05/README.md.
 INTERRUPT_ATTENTION_PAIRS = 2**25
 
 
