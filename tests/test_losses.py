@@ -156,6 +156,41 @@ def test_artifact_mask_non_square_and_edge_cases() -> None:
         masked_fourier_loss(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8), reduction="max")
 
 
+def test_artifact_mask_points_is_the_intersection_of_the_bands() -> None:
+    bands = artifact_mask(32, 64, period=8, half_width=1)
+    points = artifact_mask(32, 64, period=8, half_width=1, kind="points")
+    rows = {i for i in range(32) if bands[i].all()}  # 16 full row bands
+    cols = {j for j in range(64) if bands[:, j].all()}  # 16 full column bands
+    assert len(rows) == 16 and len(cols) == 16
+    want = torch.zeros(32, 64)
+    for i in rows:
+        for j in cols:
+            want[i, j] = 1
+    assert torch.equal(points, want)
+    assert points.sum().item() == 16 * 16 and points[0, 0] == 1 and points[4, 8] == 1 and points[0, 5] == 0
+    assert torch.all(points <= bands)
+    with pytest.raises(ConfigError, match="kind"):
+        artifact_mask(16, 16, kind="stripes")
+
+
+def test_mfs_points_mask_sees_the_grid_but_not_the_stripes_hand_computed() -> None:
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    base = torch.full((1, 1, 32, 32), 0.5)
+    # (0, 4): a period-8 column pattern, a harmonic of the grid -> in both masks, 0.1 as above
+    grid = base + 0.1 * torch.cos(2 * math.pi * 4 * xx / 32)
+    # (6, 4): on a column band, not on a row band -> in the band mask only
+    stripe = base + 0.1 * torch.cos(2 * math.pi * (6 * yy + 4 * xx) / 32)
+    assert masked_fourier_loss(grid, base, mask="points").item() == pytest.approx(0.1, rel=1e-4)
+    assert masked_fourier_loss(stripe, base).item() == pytest.approx(0.1, rel=1e-4)
+    assert masked_fourier_loss(stripe, base, mask="points").item() == pytest.approx(0.0, abs=1e-6)
+    # an 8x8-periodic pattern has all its energy on the points: both masks give the same loss
+    tile = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    pat = 0.5 + 0.05 * tile.repeat(1, 1, 4, 4)
+    flat = torch.full_like(pat, 0.5)
+    assert masked_fourier_loss(pat, flat, mask="points").item() == pytest.approx(
+        masked_fourier_loss(pat, flat).item(), rel=1e-5)
+
+
 def test_mfs_constant_offset_hand_computed() -> None:
     # Only the DC bin differs: |F_backward| = c * H * W per channel -> 0.5 * 1024 = 512.
     # Mean over all 2*3*32*32 elements: 2*3*512 / (2*3*1024) = 0.5 = the offset.

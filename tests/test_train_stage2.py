@@ -202,6 +202,26 @@ def test_generator_terms_are_the_weighted_losses():
     assert set(none) == {"l1", "mfs"}
 
 
+def test_mfs_reference_and_mask_options():
+    _, features, heads, hr, x_r, x_g = _step_parts()
+    cfg = s2.Stage2LossConfig(l1=0.0, adversarial=0.0, perceptual=0.0, mfs=3.0, mfs_mask="points", mfs_reference="hq")
+    with torch.no_grad():
+        got = s2.generator_losses(cfg, x_g, x_r, features, heads, s2.step_generator(0, 0), use_adv=False, x_h=hr)
+        assert set(got) == {"mfs"}
+        assert got["mfs"].item() == pytest.approx(3.0 * masked_fourier_loss(x_g, hr, mask="points").item(), rel=1e-6)
+        assert abs(got["mfs"].item() - 3.0 * masked_fourier_loss(x_g, x_r, mask="points").item()) > 1e-4
+        target = s2.generator_losses(dataclasses.replace(cfg, mfs_reference="target"), x_g, x_r, features, heads,
+                                     s2.step_generator(0, 0), use_adv=False, x_h=hr)
+        assert target["mfs"].item() == pytest.approx(3.0 * masked_fourier_loss(x_g, x_r, mask="points").item(),
+                                                     rel=1e-6)
+        with pytest.raises(ConfigError, match="x_h"):
+            s2.generator_losses(cfg, x_g, x_r, features, heads, s2.step_generator(0, 0), use_adv=False)
+    with pytest.raises(ConfigError, match="mfs_reference"):
+        s2.Stage2LossConfig(mfs_reference="teacher")
+    with pytest.raises(ConfigError, match="mfs_mask"):
+        s2.Stage2LossConfig(mfs_mask="stripes")
+
+
 def test_feature_matching_with_randpad_pads_both_images_alike():
     """loss.perceptual_randpad: L_P = FM(d(pad_p(x_g)), d(pad_p(x_r))) with the same Eq. 3 offsets p
     for both images of a sample (drawn from the step generator), so identical images give exactly 0."""

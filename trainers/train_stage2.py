@@ -46,6 +46,14 @@ Readings where the paper is silent or ambiguous (each is a config key):
   offsets per sample (Eq. 3, one draw for both, so the pair stays aligned) before the features,
   the way D's inputs are; the term then cannot be fitted at a single phase.
 * The real input of D is x_h (Alg. 1: d_h = G_theta(x_h)), not the teacher output.
+* ``loss.mfs_reference`` (default "target"): y_tea of Eq. 2 is x_r, as Alg. 1 writes L_F(x_r, x_g).
+  Sec. 4.2 introduces the same loss on "the SR/HQ image y_stu and y_tea", and the artifact it removes
+  is one the reference must not have: a real teacher can have its own periodic peaks (Real-ESRGAN
+  x4plus scores 0.42 dB on our grid metric, with 1.4 dB at the period-4 harmonics of its LQ pixel
+  grid; HR photos score about 0), and matching its amplitudes there teaches the student the
+  teacher's peaks. "hq" compares x_g with the HQ crop x_h instead; L1 and L_P still follow x_r.
+* ``loss.mfs_mask`` (default "bands"): the band mask of Eq. 2 as written (whole stripes), or
+  "points", only the bins around the harmonics (gendr_core.losses.pixel.artifact_mask explains why).
 * Scale of the feature-matching term: on gendr-pix-s (x4, 192-px crops, depths 1-5) its value is
   ~0.76 for the restored image vs HR (0.85 for unrelated images, 0.02 for HR + 1% noise) and its
   gradient w.r.t. x_g is ~100x the L1 term's, so with lambda_2 = 1 it dominates the update;
@@ -100,6 +108,7 @@ from gendr_core.losses import (
     l1_loss,
     masked_fourier_loss,
 )
+from gendr_core.losses.pixel import MASK_KINDS
 from gendr_core.models import GenDRPix
 from gendr_core.models.discriminators import DiscriminatorHeads, FrozenGeneratorFeatures, rand_pad_per_sample
 from gendr_core.ops.padding import Pad, pad_fixed, sample_rand_pad
@@ -138,6 +147,7 @@ from trainers.loop import load_config as load_config_as
 logger = logging.getLogger("trainers.train_stage2")
 
 PERCEPTUAL_KINDS = ("auto", "dists", "feature_matching")
+MFS_REFERENCES = ("target", "hq")
 
 
 # ----------------------------------------------------------------------------- config
@@ -150,6 +160,8 @@ class Stage2LossConfig(JSONConfig):
     perceptual: float = 1.0  # lambda_2
     mfs: float = 0.1  # lambda_3
     mfs_half_width: int = 1  # s of Eq. 2
+    mfs_mask: str = "bands"  # "bands" (Eq. 2 as written) | "points" (the harmonic bins only), see module docstring
+    mfs_reference: str = "target"  # y_tea of Eq. 2: "target" (x_r) | "hq" (x_h), see module docstring
     perceptual_kind: str = "auto"  # "auto" | "dists" | "feature_matching" (resolved at start)
     vgg16: str | None = None  # local ImageNet VGG16 weights for DISTS
     adv_start_step: int = 0  # adversarial terms (G and D) from this step
@@ -163,6 +175,10 @@ class Stage2LossConfig(JSONConfig):
             raise ConfigError(f"loss weights must be >= 0, got {bad}")
         if not any(weights.values()):
             raise ConfigError(f"all loss weights are 0 ({sorted(weights)}): set at least one, e.g. loss.l1 = 1")
+        if self.mfs_mask not in MASK_KINDS:
+            raise ConfigError(f"loss.mfs_mask={self.mfs_mask!r} must be one of {list(MASK_KINDS)}")
+        if self.mfs_reference not in MFS_REFERENCES:
+            raise ConfigError(f"loss.mfs_reference={self.mfs_reference!r} must be one of {list(MFS_REFERENCES)}")
         if self.perceptual_kind not in PERCEPTUAL_KINDS:
             raise ConfigError(f"loss.perceptual_kind={self.perceptual_kind!r} must be one of {list(PERCEPTUAL_KINDS)}")
         if self.perceptual_kind == "dists" and not self.vgg16:
@@ -339,7 +355,8 @@ def discriminator_loss(features: FrozenGeneratorFeatures, heads: nn.Module, x_h:
 
 def generator_losses(loss: Stage2LossConfig, x_g: torch.Tensor, x_r: torch.Tensor, features: FrozenGeneratorFeatures,
                      heads: nn.Module, gen: torch.Generator, perceptual: nn.Module | None = None, use_adv: bool = True,
-                     autocast=nullcontext, shard: BatchShard | None = None) -> dict[str, torch.Tensor]:
+                     autocast=nullcontext, shard: BatchShard | None = None,
+                     x_h: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The weighted terms of L_psi (Alg. 1 Stage II):
     ``|x_r - x_g|_1 + l1 sp[-h_sg[phi](d(randpad(x_g)))] + l2 L_P(x_r, x_g) + l3 L_F(x_r, x_g)``.
 
@@ -347,13 +364,18 @@ def generator_losses(loss: Stage2LossConfig, x_g: torch.Tensor, x_r: torch.Tenso
     gradient and the frozen backbone never does; gradients reach ``x_g`` only. L_P is ``perceptual``
     (DISTS) when given, else :func:`gendr_core.losses.feature_matching_loss` on ``features`` of
     x_g and x_r (no RandPad). The RandPad of the adversarial input follows
-    ``loss.randpad_generator`` (module docstring). Keys: l1, mfs, perceptual, adv_g (weights 0 skip).
+    ``loss.randpad_generator`` (module docstring). L_F compares x_g with x_r, or with the HQ crop
+    ``x_h`` when ``loss.mfs_reference == "hq"`` (then ``x_h`` is required), under ``loss.mfs_mask``.
+    Keys: l1, mfs, perceptual, adv_g (weights 0 skip).
     """
     out: dict[str, torch.Tensor] = {}
     if loss.l1:
         out["l1"] = loss.l1 * l1_loss(x_g, x_r)
     if loss.mfs:
-        out["mfs"] = loss.mfs * masked_fourier_loss(x_g, x_r, half_width=loss.mfs_half_width)
+        if loss.mfs_reference == "hq" and x_h is None:
+            raise ConfigError("loss.mfs_reference='hq' needs the HQ crop x_h")
+        ref = x_h if loss.mfs_reference == "hq" else x_r
+        out["mfs"] = loss.mfs * masked_fourier_loss(x_g, ref, half_width=loss.mfs_half_width, mask=loss.mfs_mask)
     if loss.perceptual:
         if perceptual is not None:
             out["perceptual"] = loss.perceptual * perceptual(x_g, x_r).mean()
@@ -486,7 +508,7 @@ def train(cfg: Stage2Config, resume: bool = True, stop_after: int | None = None)
                 opt_d.zero_grad(set_to_none=True)
             # -- G step with the updated, fixed heads
             losses = generator_losses(cfg.loss, x_g, x_r, features, heads_raw, gen, perceptual, use_adv, acc.autocast,
-                                      shard)
+                                      shard, hr)
             if use_adv:
                 losses["adv_d"] = d_loss.detach()
             loss = sum(v for k, v in losses.items() if k != "adv_d")
@@ -519,7 +541,7 @@ def train(cfg: Stage2Config, resume: bool = True, stop_after: int | None = None)
                     with acc.autocast():
                         x_g_a = model(x[sl], unwrapped.prompt_pos.expand(micro, -1, -1))
                     terms = generator_losses(cfg.loss, x_g_a.float(), x_r[sl], features, heads_raw, gen, perceptual,
-                                             use_adv, acc.autocast, parts[a])
+                                             use_adv, acc.autocast, parts[a], hr[sl])
                     acc.backward(sum(terms.values()) / accum)
                 g_parts.append({k: v.detach() for k, v in terms.items()})
             losses = {k: sum(pt[k] for pt in g_parts) / accum for k in g_parts[0]}
